@@ -1,0 +1,116 @@
+"""Where a run's files live in the store, and the JSON files the stages exchange.
+
+The layout is a contract between the operator, the pods and users browsing the bucket:
+    runs/<namespace>/<name>/g<generation>/{config,progress,metrics,error}.json
+    runs/.../checkpoints/step-<N>/   adapter/   report/benchmark.json   report/index.html
+    models/<model>/<namespace>-<name>-g<generation>/   models/<model>/current.json
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
+
+from finetune_core.api import ApiModel, ResolvedSpec
+
+CHECKPOINT_COMPLETE_MARKER = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Keys of one run's files, relative to the store root."""
+
+    namespace: str
+    name: str
+    generation: int
+
+    @classmethod
+    def from_prefix(cls, prefix: str) -> RunPaths:
+        match = re.fullmatch(r"runs/([^/]+)/([^/]+)/g(\d+)/?", prefix)
+        if not match:
+            raise ValueError(f"{prefix!r} is not a run prefix (runs/<ns>/<name>/g<N>)")
+        return cls(match[1], match[2], int(match[3]))
+
+    @property
+    def prefix(self) -> str:
+        return f"runs/{self.namespace}/{self.name}/g{self.generation}"
+
+    @property
+    def config(self) -> str:
+        return f"{self.prefix}/config.json"
+
+    @property
+    def progress(self) -> str:
+        return f"{self.prefix}/progress.json"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.prefix}/metrics.json"
+
+    @property
+    def error(self) -> str:
+        return f"{self.prefix}/error.json"
+
+    @property
+    def checkpoints(self) -> str:
+        return f"{self.prefix}/checkpoints"
+
+    def checkpoint(self, step: int) -> str:
+        return f"{self.checkpoints}/step-{step}"
+
+    @property
+    def adapter(self) -> str:
+        return f"{self.prefix}/adapter"
+
+    @property
+    def report(self) -> str:
+        return f"{self.prefix}/report"
+
+    @property
+    def benchmark_report(self) -> str:
+        return f"{self.report}/benchmark.json"
+
+    @property
+    def report_html(self) -> str:
+        return f"{self.report}/index.html"
+
+    @property
+    def version(self) -> str:
+        """The name a promoted copy of this run gets."""
+        return f"{self.namespace}-{self.name}-g{self.generation}"
+
+
+def model_key(spec: ResolvedSpec) -> str:
+    """The folder under models/ for a base model: the preset, else the model id's last part."""
+    if spec.preset:
+        return spec.preset
+    return re.sub(r"[^a-z0-9._-]+", "-", spec.model_id.rstrip("/").split("/")[-1].lower())
+
+
+def models_dir(model: str) -> str:
+    return f"models/{model}"
+
+
+def current_alias(model: str) -> str:
+    return f"models/{model}/current.json"
+
+
+class ErrorReport(ApiModel):
+    """error.json: why a stage failed."""
+
+    stage: Literal["validate", "train", "benchmark", "promote"]
+    reason: str = Field(description="CamelCase reason, e.g. InvalidDataset.")
+    message: str
+
+
+class CurrentAlias(ApiModel):
+    """models/<model>/current.json: which version is promoted, and which were before."""
+
+    version: str
+    uri: str
+    promoted_at: str
+    eval_loss: float | None = None
+    previous: list[dict[str, object]] = Field(default_factory=list)

@@ -1,0 +1,174 @@
+"""Reading and validating FineTuneJob manifests, with errors that name the field path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from finetune_core.api import (
+    API_VERSION,
+    DNS_LABEL,
+    KIND,
+    MAX_NAME_LENGTH,
+    FineTuneJobSpec,
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest, located by its field path."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass(frozen=True)
+class FineTuneJob:
+    """A validated FineTuneJob: its identity and its parsed spec."""
+
+    name: str
+    namespace: str | None
+    generation: int
+    spec: FineTuneJobSpec
+    annotations: dict[str, str]
+
+
+class InvalidManifest(Exception):
+    """Raised with every problem found in one manifest."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def _path(loc: tuple[int | str, ...], prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "model-")) or part in {"[key]"}:
+            continue
+        else:
+            out += f".{part}"
+    return out
+
+
+_BOUNDS = {
+    "greater_than_equal": ("ge", ">="),
+    "greater_than": ("gt", ">"),
+    "less_than_equal": ("le", "<="),
+    "less_than": ("lt", "<"),
+}
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind in _BOUNDS:
+        key, symbol = _BOUNDS[kind]
+        return f"must be {symbol} {ctx[key]}"
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; fields are camelCase)"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def problems_from(error: ValidationError, prefix: str = "spec") -> list[Problem]:
+    """Pydantic errors as field paths in the manifest's own (camelCase) spelling."""
+    return [Problem(_path(e["loc"], prefix), _message(e)) for e in error.errors()]
+
+
+def check_name(name: Any) -> list[Problem]:
+    """Child objects are named <name>-g<gen>-train, which must stay a valid DNS label."""
+    if not isinstance(name, str) or not name:
+        return [Problem("metadata.name", "required")]
+    if len(name) > MAX_NAME_LENGTH:
+        return [
+            Problem(
+                "metadata.name",
+                f"must be at most {MAX_NAME_LENGTH} characters (it is {len(name)}) so that "
+                f"'{name[:10]}...-g<generation>-train' stays a valid Job name",
+            )
+        ]
+    if not DNS_LABEL.match(name):
+        return [
+            Problem(
+                "metadata.name",
+                "must be lower-case letters, digits and '-', starting and ending with a letter "
+                "or digit (it names Jobs and labels)",
+            )
+        ]
+    return []
+
+
+def parse_spec(spec: Any) -> FineTuneJobSpec:
+    """Parse a spec dict; raises InvalidManifest naming every bad field."""
+    if not isinstance(spec, dict):
+        raise InvalidManifest([Problem("spec", "required (a mapping)")])
+    try:
+        return FineTuneJobSpec.model_validate(spec)
+    except ValidationError as error:
+        raise InvalidManifest(problems_from(error)) from None
+
+
+def parse_manifest(doc: Any) -> FineTuneJob:
+    """Validate a whole FineTuneJob object (as applied with kubectl or read from the API)."""
+    if not isinstance(doc, dict):
+        raise InvalidManifest([Problem("(document)", "must be a mapping")])
+    problems: list[Problem] = []
+    if doc.get("apiVersion") != API_VERSION:
+        problems.append(Problem("apiVersion", f"must be {API_VERSION}"))
+    if doc.get("kind") != KIND:
+        problems.append(Problem("kind", f"must be {KIND}"))
+    meta = doc.get("metadata") or {}
+    problems += check_name(meta.get("name"))
+    spec: FineTuneJobSpec | None = None
+    try:
+        spec = parse_spec(doc.get("spec"))
+    except InvalidManifest as invalid:
+        problems += invalid.problems
+    if problems or spec is None:
+        raise InvalidManifest(problems)
+    return FineTuneJob(
+        name=meta["name"],
+        namespace=meta.get("namespace"),
+        generation=int(meta.get("generation") or 1),
+        spec=spec,
+        annotations=dict(meta.get("annotations") or {}),
+    )
+
+
+def load_documents(path: Path) -> list[Any]:
+    """Every YAML document in a file (empty documents skipped)."""
+    with path.open(encoding="utf-8") as handle:
+        return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+
+
+def validate_file(path: Path) -> list[str]:
+    """Problems in one manifest file, one line each, prefixed with the file (and document)."""
+    try:
+        docs = load_documents(path)
+    except (OSError, yaml.YAMLError) as error:
+        return [f"{path}: {error}"]
+    if not docs:
+        return [f"{path}: no FineTuneJob in the file"]
+    lines: list[str] = []
+    for index, doc in enumerate(docs):
+        where = f"{path}" if len(docs) == 1 else f"{path}[{index}]"
+        try:
+            parse_manifest(doc)
+        except InvalidManifest as invalid:
+            lines += [f"{where}: {problem}" for problem in invalid.problems]
+    return lines

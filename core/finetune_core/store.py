@@ -1,0 +1,333 @@
+"""The artifact store: one interface, a local directory or an S3 bucket (MinIO).
+
+Keys are '/'-separated paths relative to the store's root (`runs/ns/name/g1/config.json`).
+The operator, the trainer, the benchmark and the local pipeline all use this module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STORE_ENV = "FINETUNE_STORE"
+ENDPOINT_ENV = "FINETUNE_S3_ENDPOINT"
+DEFAULT_LOCAL_STORE = ".finetune"
+
+
+class NotFound(KeyError):
+    """The key is not in the store."""
+
+
+class StoreUnavailable(OSError):
+    """The store could not be reached after every retry."""
+
+
+class ArtifactStore(ABC):
+    """What every stage needs from object storage."""
+
+    @abstractmethod
+    def uri(self, key: str = "") -> str:
+        """A URI for a key (s3://bucket/prefix/key or an absolute path)."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Write a whole object."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> None:
+        """Upload a file (multipart for large files)."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """Read a whole object; NotFound if absent."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: Path) -> None:
+        """Download an object to a file, streaming; NotFound if absent."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[str]:
+        """Every key under a prefix (recursive), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object; absent objects are not an error."""
+
+    def put_json(self, key: str, value: Any) -> None:
+        data = json.dumps(value, indent=2, sort_keys=False, default=str).encode()
+        self.put_bytes(key, data, "application/json")
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def get_json_or_none(self, key: str) -> Any:
+        try:
+            return self.get_json(key)
+        except NotFound:
+            return None
+
+    def delete_prefix(self, prefix: str) -> None:
+        for key in list(self.list(prefix)):
+            self.delete(key)
+
+    def copy(self, source: str, destination: str) -> None:
+        """Copy one object within the store."""
+        self.put_bytes(destination, self.get_bytes(source))
+
+    def copy_prefix(self, source: str, destination: str) -> list[str]:
+        """Copy every object under source/ to destination/; returns the new keys."""
+        source = source.rstrip("/") + "/"
+        destination = destination.rstrip("/") + "/"
+        copied = []
+        for key in self.list(source):
+            target = destination + key[len(source) :]
+            self.copy(key, target)
+            copied.append(target)
+        return copied
+
+    def upload_dir(self, prefix: str, directory: Path) -> list[str]:
+        """Upload every file below a directory under prefix/."""
+        keys = []
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            key = f"{prefix.rstrip('/')}/{path.relative_to(directory).as_posix()}"
+            self.put_file(key, path)
+            keys.append(key)
+        return keys
+
+    def download_dir(self, prefix: str, directory: Path) -> list[Path]:
+        """Download every object under prefix/ into a directory."""
+        prefix = prefix.rstrip("/") + "/"
+        paths = []
+        for key in self.list(prefix):
+            path = directory / key[len(prefix) :]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.get_file(key, path)
+            paths.append(path)
+        return paths
+
+
+class LocalStore(ArtifactStore):
+    """A directory on disk: the embedded default for local runs."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise ValueError(f"key {key!r} escapes the store")
+        return path
+
+    def uri(self, key: str = "") -> str:
+        return str(self._path(key)) if key else str(self.root)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(data)
+        os.replace(partial, path)  # readers never see half a file
+
+    def put_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(path, partial)
+        os.replace(partial, target)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFound(key) from None
+
+    def get_file(self, key: str, path: Path) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise NotFound(key)
+        shutil.copyfile(source, path)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        if base.is_file():
+            yield prefix
+            return
+        if not base.is_dir():
+            return
+        for path in sorted(p for p in base.rglob("*") if p.is_file()):
+            if not path.name.endswith(".partial"):
+                yield path.relative_to(self.root).as_posix()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+class S3Store(ArtifactStore):
+    """A bucket (and optional prefix) on MinIO or any S3 server, through the minio client."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        retries: int = 5,
+        backoff_seconds: float = 0.5,
+    ):
+        from minio import Minio
+
+        endpoint = endpoint or "https://s3.amazonaws.com"
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        self.client = Minio(
+            parsed.netloc,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=parsed.scheme == "https",
+        )
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.retries = retries
+        self.backoff_seconds = backoff_seconds
+
+    def __repr__(self) -> str:  # never show credentials
+        return f"S3Store({self.uri()!r})"
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        from minio.error import S3Error
+        from urllib3.exceptions import HTTPError
+
+        delay = self.backoff_seconds
+        for attempt in range(1, self.retries + 1):
+            try:
+                return call()
+            except S3Error as error:
+                if error.code in {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}:
+                    raise NotFound(what) from None
+                if attempt == self.retries or error.code in {"AccessDenied", "InvalidAccessKeyId",
+                                                              "SignatureDoesNotMatch"}:
+                    raise
+                reason = error.code
+            except (HTTPError, OSError) as error:
+                if attempt == self.retries:
+                    raise StoreUnavailable(f"{what}: {error}") from error
+                reason = type(error).__name__
+            log.warning("store: %s failed (%s), retry %d/%d in %.1fs", what, reason, attempt,
+                        self.retries - 1, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        raise AssertionError("unreachable")
+
+    def ensure_bucket(self) -> None:
+        if not self._retry("bucket", lambda: self.client.bucket_exists(self.bucket)):
+            self._retry("make bucket", lambda: self.client.make_bucket(self.bucket))
+
+    def uri(self, key: str = "") -> str:
+        full = self._key(key) if key else self.prefix
+        return f"s3://{self.bucket}/{full}".rstrip("/")
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self._retry(
+            key,
+            lambda: self.client.put_object(
+                self.bucket, self._key(key), io.BytesIO(data), len(data), content_type=content_type
+            ),
+        )
+
+    def put_file(self, key: str, path: Path) -> None:
+        # fput_object switches to multipart upload above 5 MiB.
+        self._retry(key, lambda: self.client.fput_object(self.bucket, self._key(key), str(path)))
+
+    def get_bytes(self, key: str) -> bytes:
+        def read() -> bytes:
+            response = self.client.get_object(self.bucket, self._key(key))
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._retry(key, read)
+
+    def get_file(self, key: str, path: Path) -> None:
+        self._retry(key, lambda: self.client.fget_object(self.bucket, self._key(key), str(path)))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._retry(key, lambda: self.client.stat_object(self.bucket, self._key(key)))
+        except NotFound:
+            return False
+        return True
+
+    def list(self, prefix: str) -> Iterator[str]:
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        objects = self._retry(
+            prefix, lambda: list(self.client.list_objects(self.bucket, prefix=full, recursive=True))
+        )
+        yield from sorted(o.object_name[strip:] for o in objects if o.object_name)
+
+    def delete(self, key: str) -> None:
+        self._retry(key, lambda: self.client.remove_object(self.bucket, self._key(key)))
+
+    def copy(self, source: str, destination: str) -> None:
+        from minio.commonconfig import CopySource
+
+        self._retry(
+            destination,
+            lambda: self.client.copy_object(
+                self.bucket, self._key(destination), CopySource(self.bucket, self._key(source))
+            ),
+        )
+
+
+def open_store(location: str | None = None, endpoint: str | None = None) -> ArtifactStore:
+    """A store from `s3://bucket[/prefix]` or a directory; defaults from the environment.
+
+    Credentials come only from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (a Secret in a pod).
+    """
+    location = location or os.environ.get(STORE_ENV) or DEFAULT_LOCAL_STORE
+    if location.startswith("s3://"):
+        bucket, _, prefix = location[len("s3://") :].partition("/")
+        return S3Store(
+            bucket,
+            prefix,
+            endpoint=endpoint or os.environ.get(ENDPOINT_ENV),
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        )
+    if location.startswith("file://"):
+        location = location[len("file://") :]
+    return LocalStore(Path(location))
+
+
+def open_run(run_uri: str, endpoint: str | None = None) -> tuple[ArtifactStore, str]:
+    """Split a run URI (`s3://bucket/p/runs/ns/name/g3` or `/dir/runs/ns/name/g3`) into the
+    store at its root and the run's key prefix, so a stage can also reach `models/`."""
+    root, sep, rest = run_uri.rstrip("/").rpartition("/runs/")
+    if not sep:
+        raise ValueError(f"{run_uri!r} is not a run URI (expected .../runs/<ns>/<name>/g<N>)")
+    return open_store(root or "/", endpoint), f"runs/{rest}"

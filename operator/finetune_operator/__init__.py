@@ -1,0 +1,1 @@
+"""The finetune-operator control plane: kopf handlers, reconcile decisions, object builders."""

@@ -1,0 +1,113 @@
+"""The `finetune` command. Each subcommand imports its implementation lazily, so that
+`finetune validate` never loads torch and `finetune train` never loads kopf."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="finetune",
+    help="Fine-tune, benchmark and gate LLMs: locally or as a Kubernetes operator.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option("--store", help="Artifact store: a directory or s3://BUCKET[/PREFIX]."),
+]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option("--s3-endpoint", help="S3/MinIO endpoint, http(s)://host:port."),
+]
+RunOption = Annotated[str, typer.Option("--run", help="Run directory URI in the store.")]
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Argument(help="FineTuneJob manifests.")]) -> None:
+    """Check manifests; one line per problem, naming the field path."""
+    from finetune_core.manifest import validate_file
+
+    problems = [line for path in files for line in validate_file(path)]
+    for line in problems:
+        typer.echo(line)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{len(files)} manifest(s) valid")
+
+
+@app.command()
+def crd() -> None:
+    """Print the FineTuneJob CustomResourceDefinition (YAML)."""
+    from finetune_operator.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+
+
+@app.command()
+def operator() -> None:
+    """Run the operator (configured by FINETUNE_* environment variables)."""
+    from finetune_operator.main import run_operator
+
+    raise typer.Exit(run_operator())
+
+
+@app.command()
+def train(run: RunOption) -> None:
+    """Train the LoRA adapter of a run (the training pod's entrypoint)."""
+    from finetune_trainer.train import main as train_main
+
+    raise typer.Exit(train_main(run))
+
+
+@app.command()
+def benchmark(run: RunOption) -> None:
+    """Measure a run's adapter against its latency SLA (the benchmark pod's entrypoint)."""
+    from finetune_trainer.benchmark import main as benchmark_main
+
+    raise typer.Exit(benchmark_main(run))
+
+
+@app.command("run")
+def run_local(
+    manifest: Annotated[Path, typer.Argument(help="A FineTuneJob manifest.")],
+    store: StoreOption = None,
+    s3_endpoint: EndpointOption = None,
+) -> None:
+    """Run the whole pipeline locally: exit 0 promoted, 2 rejected, 1 failed."""
+    from finetune_operator.local_pipeline import run_manifest
+
+    raise typer.Exit(run_manifest(manifest, store=store, endpoint=s3_endpoint))
+
+
+@app.command()
+def runs(store: StoreOption = None, s3_endpoint: EndpointOption = None) -> None:
+    """List the runs in a store."""
+    from finetune_operator.local_pipeline import list_runs
+
+    raise typer.Exit(list_runs(store=store, endpoint=s3_endpoint))
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="FineTuneJob name (optionally namespace/name).")],
+    store: StoreOption = None,
+    s3_endpoint: EndpointOption = None,
+) -> None:
+    """Show one run's status and where its report is."""
+    from finetune_operator.local_pipeline import show_run
+
+    raise typer.Exit(show_run(name, store=store, endpoint=s3_endpoint))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

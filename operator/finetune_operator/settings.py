@@ -1,0 +1,93 @@
+"""Operator configuration from environment variables (set by the Helm chart's values)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+MI300X_NODE_SELECTOR = {"amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM"}
+AMD_GPU_TOLERATION = {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+# environment variable -> field; JSON for structured values, commas for lists of scalars.
+ENV = {
+    "FINETUNE_TRAINER_IMAGE": "trainer_image",
+    "FINETUNE_IMAGE_PULL_POLICY": "image_pull_policy",
+    "FINETUNE_GPU_RESOURCE": "gpu_resource",
+    "FINETUNE_NODE_SELECTOR": "node_selector",
+    "FINETUNE_TOLERATIONS": "tolerations",
+    "FINETUNE_SUPPLEMENTAL_GROUPS": "supplemental_groups",
+    "FINETUNE_RUN_AS_USER": "run_as_user",
+    "FINETUNE_STORE": "store",
+    "FINETUNE_S3_ENDPOINT": "s3_endpoint",
+    "FINETUNE_STORE_SECRET": "store_secret",
+    "FINETUNE_NAMESPACES": "namespaces",
+    "FINETUNE_PROGRESS_INTERVAL": "progress_interval_seconds",
+    "FINETUNE_BACKOFF_LIMIT": "backoff_limit",
+    "FINETUNE_SHM_SIZE": "shm_size",
+    "FINETUNE_SERVICE_ACCOUNT": "pod_service_account",
+    "FINETUNE_LOG_FORMAT": "log_format",
+    "FINETUNE_METRICS_PORT": "metrics_port",
+    "FINETUNE_HEALTH_PORT": "health_port",
+}
+
+
+class OperatorSettings(BaseModel):
+    """Cluster-wide defaults for the pods the operator creates."""
+
+    trainer_image: str = Field(
+        default="ghcr.io/finetune-operator/trainer-rocm:0.1.0",
+        description="Image the training and benchmark Jobs run (entrypoint: finetune).",
+    )
+    image_pull_policy: str = "IfNotPresent"
+    gpu_resource: str = Field(default="amd.com/gpu", description="Extended resource for GPUs.")
+    node_selector: dict[str, str] = Field(default_factory=lambda: dict(MI300X_NODE_SELECTOR))
+    tolerations: list[dict[str, Any]] = Field(default_factory=lambda: [dict(AMD_GPU_TOLERATION)])
+    supplemental_groups: list[int] = Field(
+        default_factory=lambda: [44, 110],
+        description="video and render group IDs on the GPU hosts (they differ per distribution).",
+    )
+    run_as_user: int = 1000
+    store: str = Field(default="s3://finetune", description="s3://bucket[/prefix] for artifacts.")
+    s3_endpoint: str | None = None
+    store_secret: str = Field(
+        default="finetune-store",
+        description="Secret (in the job's namespace) with AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY for the pods.",
+    )
+    namespaces: list[str] = Field(default_factory=list, description="Empty: cluster-wide.")
+    progress_interval_seconds: float = Field(default=15.0, gt=0)
+    backoff_limit: int = Field(default=3, ge=0)
+    shm_size: str = "16Gi"
+    pod_service_account: str | None = None
+    log_format: str = "text"
+    metrics_port: int = 8080
+    health_port: int = 8081
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Read the settings; a bad value raises ValueError naming the variable."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for variable, field in ENV.items():
+            raw = env.get(variable)
+            if raw is None or raw == "":
+                continue
+            if field in {"node_selector", "tolerations"}:
+                try:
+                    values[field] = json.loads(raw)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{variable}: not valid JSON ({error})") from None
+            elif field in {"supplemental_groups", "namespaces"}:
+                values[field] = [item.strip() for item in raw.split(",") if item.strip()]
+            else:
+                values[field] = raw
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            variable = next(v for v, f in ENV.items() if f == first["loc"][0])
+            raise ValueError(f"{variable}: {first['msg']}") from None

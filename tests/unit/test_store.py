@@ -1,0 +1,44 @@
+"""The store's two implementations behave the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from finetune_core.store import ArtifactStore, NotFound, open_run
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest) -> ArtifactStore:
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+def test_round_trip_and_listing(store: ArtifactStore, tmp_path: Path) -> None:
+    store.put_json("runs/ns/a/g1/config.json", {"x": 1})
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\1" * (6 * 1024 * 1024))  # over the multipart threshold
+    store.put_file("runs/ns/a/g1/adapter/weights.bin", big)
+    assert store.get_json("runs/ns/a/g1/config.json") == {"x": 1}
+    assert list(store.list("runs/ns/a/g1/")) == [
+        "runs/ns/a/g1/adapter/weights.bin",
+        "runs/ns/a/g1/config.json",
+    ]
+    out = tmp_path / "out.bin"
+    store.get_file("runs/ns/a/g1/adapter/weights.bin", out)
+    assert out.read_bytes() == big.read_bytes()
+    copied = store.copy_prefix("runs/ns/a/g1/adapter", "models/m/v1/adapter")
+    assert copied == ["models/m/v1/adapter/weights.bin"]
+    store.delete_prefix("runs/ns/a/g1/adapter")
+    assert not store.exists("runs/ns/a/g1/adapter/weights.bin")
+    with pytest.raises(NotFound):
+        store.get_bytes("runs/ns/a/g1/missing.json")
+    assert store.get_json_or_none("nope.json") is None
+
+
+def test_open_run_splits_store_root_and_run(tmp_path: Path) -> None:
+    store, prefix = open_run(f"{tmp_path}/runs/ml/job/g3")
+    assert prefix == "runs/ml/job/g3"
+    assert store.uri() == str(tmp_path)
+    with pytest.raises(ValueError, match="not a run URI"):
+        open_run("s3://bucket/somewhere")

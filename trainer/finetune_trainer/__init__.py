@@ -1,0 +1,1 @@
+"""The pods' programs: LoRA training and the latency benchmark."""
