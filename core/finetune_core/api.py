@@ -495,6 +495,7 @@ class FineTuneJobStatus(StatusModel):
         default=None, description="The .metadata.generation this status describes."
     )
     message: str | None = Field(default=None, description="The latest event, for a person.")
+    model: str | None = Field(default=None, description="The resolved base model id.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Reconciling, Stalled.")
     progress: Progress | None = Field(default=None, description="Training progress.")
     metrics: Metrics | None = Field(default=None, description="Training metrics.")
