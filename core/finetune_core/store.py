@@ -6,6 +6,7 @@ The operator, the trainer, the benchmark and the local pipeline all use this mod
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
 import logging
@@ -91,7 +92,7 @@ class ArtifactStore(ABC):
         """Copy one object within the store."""
         self.put_bytes(destination, self.get_bytes(source))
 
-    def copy_prefix(self, source: str, destination: str) -> list[str]:
+    def copy_prefix(self, source: str, destination: str) -> builtins.list[str]:
         """Copy every object under source/ to destination/; returns the new keys."""
         source = source.rstrip("/") + "/"
         destination = destination.rstrip("/") + "/"
@@ -102,7 +103,7 @@ class ArtifactStore(ABC):
             copied.append(target)
         return copied
 
-    def upload_dir(self, prefix: str, directory: Path) -> list[str]:
+    def upload_dir(self, prefix: str, directory: Path) -> builtins.list[str]:
         """Upload every file below a directory under prefix/."""
         keys = []
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
@@ -111,7 +112,7 @@ class ArtifactStore(ABC):
             keys.append(key)
         return keys
 
-    def download_dir(self, prefix: str, directory: Path) -> list[Path]:
+    def download_dir(self, prefix: str, directory: Path) -> builtins.list[Path]:
         """Download every object under prefix/ into a directory."""
         prefix = prefix.rstrip("/") + "/"
         paths = []

@@ -1,0 +1,276 @@
+"""The training and benchmark Jobs: valid batch/v1 objects, locked down, credentials by
+reference only, user strings never near a shell."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from finetune_core.api import MAX_NAME_LENGTH, FineTuneJobSpec
+from finetune_core.exit_codes import EXIT_INVALID_INPUT
+from finetune_operator.builders import Stage, build_job, child_name
+from finetune_operator.settings import OperatorSettings
+
+from tests.conftest import TEST_CREDENTIALS
+
+KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.latest_version().rsplit(".", 1)[0]]
+RUN_URI = "s3://finetune/runs/ml/agent1/g3"
+UID = "6f1f1c3e-0c1b-4a8e-9d55-0d2f3c1e7a10"
+OVERRIDES: dict[str, Any] = {
+    "cpu": "16",
+    "memory": "128Gi",
+    "shmSize": "32Gi",
+    "nodeSelector": {"pool": "cpu-large"},
+    "tolerations": [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+    ],
+    "activeDeadlineSeconds": 86400,
+}
+RESOURCE_CASES: dict[str, dict[str, Any]] = {
+    "gpu": {"gpus": 1},
+    "cpu": {"gpus": 0},
+    "overrides": {"gpus": 2, **OVERRIDES},
+}
+
+
+def make_spec(resources: dict[str, Any]) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate(
+        {
+            "model": {"preset": "phi-4"},
+            "dataset": {"uri": "s3://datasets/agent1/curated-v1.jsonl"},
+            "resources": resources,
+        }
+    )
+
+
+def settings(**changes: Any) -> OperatorSettings:
+    return OperatorSettings(s3_endpoint="http://minio.storage:9000", **changes)
+
+
+def job(
+    stage: Stage = "train",
+    resources: dict[str, Any] | None = None,
+    uid: str | None = UID,
+    config: OperatorSettings | None = None,
+    run_uri: str = RUN_URI,
+) -> dict[str, Any]:
+    return build_job(
+        stage,
+        name="agent1",
+        namespace="ml",
+        generation=3,
+        uid=uid,
+        spec=make_spec(resources if resources is not None else {"gpus": 1}),
+        settings=config or settings(),
+        run_uri=run_uri,
+    )
+
+
+def pod(built: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = built["spec"]["template"]["spec"]
+    return spec
+
+
+def container(built: dict[str, Any]) -> dict[str, Any]:
+    [only] = pod(built)["containers"]
+    return dict(only)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("case", RESOURCE_CASES)
+@pytest.mark.parametrize("stage", ["train", "benchmark"])
+def test_jobs_are_valid_kubernetes_objects(stage: Stage, case: str, version: str) -> None:
+    built = job(stage, RESOURCE_CASES[case])
+    assert kubernetes_validate.validate(built, version, strict=True) == version
+
+
+def test_names_are_deterministic_per_generation_and_stage() -> None:
+    assert child_name("agent1", 3, "train") == "agent1-g3-train"
+    assert child_name("agent1", 3, "benchmark") == "agent1-g3-bench"
+    assert job("train")["metadata"]["name"] == "agent1-g3-train"
+    assert job("benchmark")["metadata"]["name"] == "agent1-g3-bench"
+    assert job("train")["metadata"]["namespace"] == "ml"
+    assert job("train") == job("train")
+    longest = "a" * MAX_NAME_LENGTH  # what manifest validation lets through
+    assert len(child_name(longest, 999_999, "train")) == 63
+    with pytest.raises(ValueError, match="longer than 63"):
+        child_name(longest, 1_000_000, "train")
+
+
+@pytest.mark.parametrize("stage", ["train", "benchmark"])
+def test_labels_on_job_and_pods(stage: Stage) -> None:
+    built = job(stage)
+    expected = {
+        "finetune.dev/job": "agent1",
+        "finetune.dev/stage": stage,
+        "finetune.dev/generation": "3",
+        "app.kubernetes.io/managed-by": "finetune-operator",
+    }
+    assert built["metadata"]["labels"] == expected
+    assert built["spec"]["template"]["metadata"]["labels"] == expected
+
+
+def test_owner_reference_makes_the_finetunejob_the_controller() -> None:
+    assert job()["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "agent1",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert "ownerReferences" not in job(uid=None)["metadata"]
+
+
+@pytest.mark.parametrize("case", RESOURCE_CASES)
+@pytest.mark.parametrize("stage", ["train", "benchmark"])
+def test_pods_are_locked_down(stage: Stage, case: str) -> None:
+    built = job(stage, RESOURCE_CASES[case])
+    spec = pod(built)
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["restartPolicy"] == "Never"
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "supplementalGroups": [44, 110],
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    security = container(built)["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert "privileged" not in security
+    assert container(built)["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert "hostNetwork" not in spec and "hostPID" not in spec and "hostIPC" not in spec
+    assert all(set(volume) == {"name", "emptyDir"} for volume in spec["volumes"])
+
+
+def test_writable_paths_are_volumes() -> None:
+    built = job()
+    volumes = {volume["name"]: volume for volume in pod(built)["volumes"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container(built)["volumeMounts"]}
+    assert set(mounts.values()) == set(volumes)
+    assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    assert "/tmp" in mounts
+    env = {item["name"]: item.get("value") for item in container(built)["env"]}
+    for variable in ["HOME", "HF_HOME"]:
+        assert any(env[variable].startswith(path) for path in mounts), variable
+
+
+def test_shm_size_from_the_spec_or_the_settings() -> None:
+    def shm(built: dict[str, Any]) -> str:
+        [volume] = [v for v in pod(built)["volumes"] if v["emptyDir"].get("medium") == "Memory"]
+        return str(volume["emptyDir"]["sizeLimit"])
+
+    assert shm(job(resources={"shmSize": "32Gi"})) == "32Gi"
+    assert shm(job(config=settings(shm_size="8Gi"))) == "8Gi"
+
+
+def test_command_is_an_argv_list_without_a_shell() -> None:
+    hostile = "s3://finetune/runs/ml/x/g1; rm -rf / $(id) `id`"
+    for stage in ("train", "benchmark"):
+        built = job(stage, run_uri=hostile)
+        assert container(built)["command"] == ["finetune", stage, "--run", hostile]
+        assert "args" not in container(built)
+        serialized = json.dumps(built)
+        assert '"sh"' not in serialized and '"-c"' not in serialized and "bash" not in serialized
+
+
+def test_credentials_come_only_from_the_store_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    built = job(config=settings(store_secret="minio-creds"))
+    env = {item["name"]: item for item in container(built)["env"]}
+    for key in TEST_CREDENTIALS:
+        assert env[key] == {
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": "minio-creds", "key": key}},
+        }
+    serialized = json.dumps(built)
+    for value in TEST_CREDENTIALS.values():
+        assert value not in serialized
+    assert env["FINETUNE_STORE"]["value"] == "s3://finetune"
+    assert env["FINETUNE_S3_ENDPOINT"]["value"] == "http://minio.storage:9000"
+    assert env["FINETUNE_LOG_FORMAT"]["value"] == "json"
+    assert "FINETUNE_S3_ENDPOINT" not in {
+        item["name"] for item in container(job(config=OperatorSettings()))["env"]
+    }
+
+
+def test_image_and_service_account_from_the_settings() -> None:
+    config = settings(
+        trainer_image="registry.local/trainer-cuda:1.2",
+        image_pull_policy="Always",
+        pod_service_account="trainer",
+    )
+    built = job(config=config)
+    assert container(built)["image"] == "registry.local/trainer-cuda:1.2"
+    assert container(built)["imagePullPolicy"] == "Always"
+    assert pod(built)["serviceAccountName"] == "trainer"
+    assert pod(built)["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod(job())
+
+
+def test_gpu_job_gets_the_gpu_and_the_gpu_nodes() -> None:
+    built = job(resources={"gpus": 2})
+    assert container(built)["resources"] == {
+        "requests": {"amd.com/gpu": "2"},
+        "limits": {"amd.com/gpu": "2"},
+    }
+    assert pod(built)["nodeSelector"] == {"amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM"}
+    assert pod(built)["tolerations"] == [
+        {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    nvidia = job(config=settings(gpu_resource="nvidia.com/gpu", node_selector={}))
+    assert container(nvidia)["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert "nodeSelector" not in pod(nvidia)
+
+
+def test_cpu_job_asks_for_no_gpu_and_no_gpu_nodes() -> None:
+    built = job(resources={"gpus": 0})
+    assert "resources" not in container(built)
+    assert "nodeSelector" not in pod(built)
+    assert "tolerations" not in pod(built)
+
+
+def test_spec_resources_replace_the_operator_defaults() -> None:
+    for gpus in (0, 1):
+        built = job(resources={**OVERRIDES, "gpus": gpus})
+        amounts = {"cpu": "16", "memory": "128Gi"} | ({"amd.com/gpu": "1"} if gpus else {})
+        assert container(built)["resources"] == {"requests": amounts, "limits": amounts}
+        assert pod(built)["nodeSelector"] == {"pool": "cpu-large"}
+        assert pod(built)["tolerations"] == OVERRIDES["tolerations"]
+
+
+def test_retries_and_deadlines() -> None:
+    deadline = {"activeDeadlineSeconds": 7200}
+    train = job("train", resources=deadline, config=settings(backoff_limit=5))
+    bench = job("benchmark", resources=deadline)
+    assert train["spec"]["backoffLimit"] == 5
+    assert bench["spec"]["backoffLimit"] == 1
+    assert train["spec"]["activeDeadlineSeconds"] == 7200
+    assert "activeDeadlineSeconds" not in bench["spec"]
+    assert "activeDeadlineSeconds" not in job("train")["spec"]
+    for built in (train, bench):
+        assert "ttlSecondsAfterFinished" not in built["spec"]  # the operator reads finished Jobs
+
+
+@pytest.mark.parametrize("stage", ["train", "benchmark"])
+def test_invalid_input_fails_the_job_without_retries(stage: Stage) -> None:
+    rules = job(stage)["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+    assert rules[0]["onExitCodes"] == {
+        "containerName": "trainer",
+        "operator": "In",
+        "values": [EXIT_INVALID_INPUT],
+    }
+    assert {"type": "DisruptionTarget", "status": "True"} in rules[1]["onPodConditions"]
+    assert rules[1]["action"] == "Ignore"
+    assert container(job(stage))["name"] == "trainer"
