@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format crd reference clean
+.PHONY: install demo test lint format crd chart-crd reference clean
 
 # torch first, from the CPU build, or pip pulls a multi-GB CUDA build as a dependency.
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +35,10 @@ format: install
 
 crd: install
 	$(VENV)/bin/finetune crd > manifests/crd/finetunejobs.finetune.dev.yaml
+
+# Helm reads CRDs only from inside the chart: it ships a copy (tests keep them equal).
+chart-crd: crd
+	cp manifests/crd/finetunejobs.finetune.dev.yaml charts/finetune-operator/crds/
 
 reference: install
 	$(PY) -c "from pathlib import Path; from finetune_core.reference import embed; p = Path('README.md'); p.write_text(embed(p.read_text()))"
