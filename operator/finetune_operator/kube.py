@@ -1,0 +1,128 @@
+"""The operator's own Kubernetes API calls: FineTuneJobs and their status, Jobs, pods.
+
+kopf watches; everything else goes through the official client, run in threads so the
+event loop never blocks. Both connect with what `load_configuration` finds. Only create,
+patch, get, list and delete: no PUT and no server-side apply. Responses are kept as plain
+dicts, the same shape kopf hands to handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from finetune_core.api import GROUP, PLURAL, VERSION
+from finetune_operator.builders import LABEL_JOB
+
+T = TypeVar("T")
+
+
+def load_configuration() -> client.Configuration:
+    """Where the API server is and how to authenticate: in a pod its service account, else
+    the kubeconfig named by $KUBECONFIG (as set now, not when the client was imported), else
+    ~/.kube/config. kopf logs in with the same (finetune_operator.handlers)."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+        )
+    return configuration
+
+
+class Kube:
+    """Async wrappers over the blocking client, one call per method."""
+
+    def __init__(self, api_client: client.ApiClient):
+        self._client = api_client
+        self._batch = client.BatchV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def connect(cls) -> Kube:
+        return cls(client.ApiClient(load_configuration()))
+
+    def close(self) -> None:
+        self._client.close()
+
+    async def _call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        response = await asyncio.to_thread(call, *args, _preload_content=False, **kwargs)
+        return json.loads(response.data or b"null")
+
+    async def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = await self._call(
+                self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return obj
+
+    async def patch_finetunejob_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        """A JSON merge patch of .status (null removes a field)."""
+        await self._call(
+            self._custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": dict(status)},
+        )
+
+    async def list_jobs(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+        """The Jobs of one FineTuneJob, every generation (label finetune.dev/job=<owner>)."""
+        return await self._list(self._batch.list_namespaced_job, namespace, {LABEL_JOB: owner})
+
+    async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        return await self._list(self._core.list_namespaced_pod, namespace, labels)
+
+    async def _list(
+        self, call: Callable[..., Any], namespace: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        listing = await self._call(call, namespace, label_selector=selector)
+        items: list[dict[str, Any]] = listing.get("items") or []
+        # Selected again here: a server that ignores the selector must not widen the result.
+        return [item for item in items if _has_labels(item, labels)]
+
+    async def create_job(self, job: Mapping[str, Any]) -> bool:
+        """Create a Job; False when one of that name exists already (the same run's Job:
+        names are deterministic), which is not an error."""
+        try:
+            await self._call(self._batch.create_namespaced_job, job["metadata"]["namespace"], job)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and, in the background, its pods; an absent Job is not an error."""
+        try:
+            await self._call(
+                self._batch.delete_namespaced_job,
+                name,
+                namespace,
+                body={"propagationPolicy": "Background"},
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+
+def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    present = (obj.get("metadata") or {}).get("labels") or {}
+    return all(present.get(key) == value for key, value in labels.items())

@@ -1,0 +1,432 @@
+"""A cluster for the operator's tests: the API emulator, the real operator in a thread of its
+own, and the S3 store, with the moves the Job controller and the pods would make.
+
+The operator runs exactly as `finetune operator` runs it (finetune_operator.main.operate),
+with its own event loop, so the emulator keeps the test's loop. Tests change the world only
+through the API and the store, and wait on what the operator writes back, with deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import kmock
+
+from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, Progress
+from finetune_core.layout import ErrorReport, RunPaths
+from finetune_core.store import ArtifactStore
+from finetune_operator.builders import LABEL_JOB, Stage, child_labels, child_name
+from finetune_operator.main import operate
+from finetune_operator.metrics import OperatorMetrics
+from finetune_operator.settings import OperatorSettings
+from tests.integration.operator.emulator import ApiServer
+
+T = TypeVar("T")
+
+NAMESPACE = "ml"
+FINETUNEJOBS = kmock.resource("finetune.dev", "v1alpha1", "finetunejobs")
+JOBS = kmock.resource("batch", "v1", "jobs")
+PODS = kmock.resource("", "v1", "pods")
+EVENTS = kmock.resource("", "v1", "events")
+FTJ_URL = f"/apis/finetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs"
+JOBS_URL = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
+PODS_URL = f"/api/v1/namespaces/{NAMESPACE}/pods"
+TIMEOUT = 20.0
+
+
+def declare_resources(api: ApiServer) -> None:
+    """Discovery as on a cluster with the CRD installed (kopf waits for it)."""
+    api.resources.load_bundled()
+    api.resources[FINETUNEJOBS] = kmock.ResourceInfo(
+        kind="FineTuneJob",
+        singular="finetunejob",
+        namespaced=True,
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+        shortnames={"ftj"},
+        categories={"finetune"},
+        subresources={"status"},
+    )
+
+
+def kubeconfig(server: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "users": [{"name": "tester", "user": {}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
+        "current-context": "emulator",
+    }
+
+
+def manifest(name: str, dataset: str, **spec: Any) -> dict[str, Any]:
+    """A small CPU job (the quickstart's shape) with spec sections replaced by `spec`."""
+    body: dict[str, Any] = {
+        "model": {"preset": "smollm2-135m"},
+        "dataset": {"uri": dataset},
+        "resources": {"gpus": 0},
+        "training": {"maxSteps": 4, "saveSteps": 2},
+        "benchmark": {
+            "samples": 5,
+            "sla": [
+                {"name": "question", "maxNewTokens": 48, "maxLatencySeconds": 10},
+                {"name": "answer", "maxNewTokens": 24, "maxLatencySeconds": 6},
+            ],
+        },
+        **spec,
+    }
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+class OperatorThread:
+    """`operate()` in a thread with its own loop; stop() re-raises whatever stopped it."""
+
+    def __init__(self, settings: OperatorSettings, metrics: OperatorMetrics):
+        self._settings = settings
+        self._metrics = metrics
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="operator", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(operate(self._settings, metrics=self._metrics, stop_flag=self._stop))
+        except BaseException as error:  # reported to the test by stop()
+            self.error = error
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, TIMEOUT)
+        assert not self._thread.is_alive(), "the operator did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+@dataclass
+class Cluster:
+    api: ApiServer
+    store: ArtifactStore
+    dataset: str  # the URI of a dataset in the store
+    settings: OperatorSettings | None = None  # for an operator in a thread (start_operator)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    operator: OperatorThread | None = None
+
+    # ---------------------------------------------------------------- the operator
+
+    def start_operator(self) -> None:
+        assert self.operator is None and self.settings is not None
+        self.operator = OperatorThread(self.settings, self.metrics)
+
+    async def stop_operator(self) -> None:
+        operator, self.operator = self.operator, None
+        if operator is not None:
+            await operator.stop()
+
+    async def restart_operator(self) -> None:
+        await self.stop_operator()
+        self.start_operator()
+
+    # ---------------------------------------------------------------- reading
+
+    def ftj(self, name: str) -> dict[str, Any]:
+        return self.api.objects[FINETUNEJOBS, NAMESPACE, name].raw
+
+    def status(self, name: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.ftj(name).get("status") or {}
+        return status
+
+    def condition(self, name: str, kind: str) -> dict[str, Any]:
+        return next(c for c in self.status(name).get("conditions", []) if c["type"] == kind)
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        key = (JOBS, NAMESPACE, name)
+        if key not in self.api.objects or self.api.objects[key].deleted:
+            return None
+        return self.api.objects[key].raw
+
+    def jobs(self, owner: str) -> list[dict[str, Any]]:
+        """The Jobs labelled finetune.dev/job=<owner> that exist now."""
+        return sorted(
+            (
+                obj.raw
+                for (resource, _, _), obj in self.api.objects.items()
+                if resource == JOBS
+                and not obj.deleted
+                and (obj.raw["metadata"].get("labels") or {}).get(LABEL_JOB) == owner
+            ),
+            key=lambda job: job["metadata"]["name"],
+        )
+
+    def job_creations(self, owner: str) -> list[str]:
+        """Names of the Jobs the operator asked to create for a FineTuneJob, in order."""
+        return [
+            request.data["metadata"]["name"]
+            for request in self.api
+            if request.method == "POST"
+            and request.resource == JOBS
+            and request.data["metadata"].get("labels", {}).get(LABEL_JOB) == owner
+        ]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [
+            obj.raw
+            for (resource, _, _), obj in self.api.objects.items()
+            if resource == EVENTS
+            and not obj.deleted
+            and obj.raw.get("involvedObject", {}).get("name") == name
+        ]
+
+    def event_reasons(self, name: str) -> list[str]:
+        return [event["reason"] for event in self.events(name)]
+
+    def run(self, name: str, generation: int = 1) -> RunPaths:
+        return RunPaths(NAMESPACE, name, generation)
+
+    async def wait_for(
+        self, check: Callable[[], T | Literal[False] | None], what: str, timeout: float = TIMEOUT
+    ) -> T:
+        """Poll until `check()` is truthy (lookups that fail count as not yet)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                value = check()
+            except (KeyError, StopIteration, TypeError):
+                value = None
+            if value:
+                return value
+            if self.operator is not None and not self.operator.alive:
+                await self.stop_operator()  # raises what stopped it
+                raise AssertionError(f"the operator stopped while waiting for {what}")
+            if loop.time() > deadline:
+                raise AssertionError(f"no {what} within {timeout} s")
+            await asyncio.sleep(0.05)
+
+    async def wait_for_phase(self, name: str, phase: str, generation: int = 1) -> dict[str, Any]:
+        return await self.wait_for(
+            lambda: (
+                (s := self.status(name)).get("phase") == phase
+                and s.get("observedGeneration") == generation
+                and s
+            ),
+            f"{name} generation {generation} in phase {phase}",
+        )
+
+    async def wait_for_job(self, name: str, generation: int, stage: Stage) -> dict[str, Any]:
+        job_name = child_name(name, generation, stage)
+        return await self.wait_for(lambda: self.job(job_name), f"Job {job_name}")
+
+    # ---------------------------------------------------------------- the API
+
+    async def _request(self, method: str, url: str, body: Any, content_type: str) -> Any:
+        response = await self.api.request(
+            method, url, json=body, headers={"Content-Type": content_type}
+        )
+        async with response:
+            payload = await response.json()
+            assert response.status < 300, f"{method} {url}: {response.status} {payload}"
+            return payload
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = await self._request(
+            "POST", FTJ_URL, dict(obj), "application/json"
+        )
+        return created
+
+    async def patch(self, name: str, patch: Mapping[str, Any]) -> None:
+        await self._request(
+            "PATCH", f"{FTJ_URL}/{name}", dict(patch), "application/merge-patch+json"
+        )
+
+    async def patch_status(self, name: str, status: Mapping[str, Any]) -> None:
+        await self._request(
+            "PATCH",
+            f"{FTJ_URL}/{name}/status",
+            {"status": dict(status)},
+            "application/merge-patch+json",
+        )
+
+    # ---------------------------------------------------------------- the Job controller
+
+    async def job_status(self, job: str, status: Mapping[str, Any]) -> None:
+        await self._request(
+            "PATCH",
+            f"{JOBS_URL}/{job}/status",
+            {"status": dict(status)},
+            "application/merge-patch+json",
+        )
+
+    async def job_running(self, job: str) -> None:
+        await self.job_status(job, {"active": 1, "ready": 1})
+
+    async def job_succeeded(self, job: str) -> None:
+        """What the Job controller writes when the pod exited 0."""
+        now = "2026-01-01T00:00:00Z"
+        await self.job_status(
+            job,
+            {
+                "active": 0,
+                "ready": 0,
+                "succeeded": 1,
+                "completionTime": now,
+                "conditions": [
+                    {
+                        "type": "SuccessCriteriaMet",
+                        "status": "True",
+                        "reason": "CompletionsReached",
+                        "message": "Reached expected number of succeeded pods",
+                        "lastTransitionTime": now,
+                    },
+                    {
+                        "type": "Complete",
+                        "status": "True",
+                        "reason": "CompletionsReached",
+                        "message": "Reached expected number of succeeded pods",
+                        "lastTransitionTime": now,
+                    },
+                ],
+            },
+        )
+
+    async def job_failed(self, job: str, reason: str, message: str) -> None:
+        now = "2026-01-01T00:00:00Z"
+        await self.job_status(
+            job,
+            {
+                "active": 0,
+                "ready": 0,
+                "failed": 4,
+                "conditions": [
+                    {
+                        "type": "FailureTarget",
+                        "status": "True",
+                        "reason": reason,
+                        "message": message,
+                        "lastTransitionTime": now,
+                    },
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": reason,
+                        "message": message,
+                        "lastTransitionTime": now,
+                    },
+                ],
+            },
+        )
+
+    async def failed_pod(self, owner: str, generation: int, stage: Stage, message: str) -> None:
+        """A pod of the stage's Job whose container exited 1 with a termination message
+        (created, then given its status, as the kubelet would)."""
+        name = f"{child_name(owner, generation, stage)}-x7k2p"
+        await self._request(
+            "POST",
+            PODS_URL,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "labels": child_labels(owner, generation, stage)},
+                "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
+            },
+            "application/json",
+        )
+        terminated = {
+            "exitCode": 1,
+            "reason": "Error",
+            "message": message,
+            "finishedAt": "2026-01-01T00:00:00Z",
+        }
+        await self._request(
+            "PATCH",
+            f"{PODS_URL}/{name}/status",
+            {
+                "status": {
+                    "phase": "Failed",
+                    "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
+                }
+            },
+            "application/merge-patch+json",
+        )
+
+    # ---------------------------------------------------------------- the pods' files
+
+    def pod_wrote_progress(self, run: RunPaths, step: int, total: int) -> None:
+        progress = Progress(
+            step=step,
+            total_steps=total,
+            epoch=step / total,
+            loss=1.5,
+            eta_seconds=12.0,
+            updated_at="2026-01-01T00:00:00Z",
+        )
+        self.store.put_json(run.progress, progress.to_wire())
+
+    def pod_trained(self, run: RunPaths, eval_loss: float = 1.21) -> None:
+        """What `finetune train` leaves: a checkpoint, the adapter and metrics.json."""
+        self.pod_wrote_progress(run, 4, 4)
+        self.store.put_bytes(f"{run.checkpoint(4)}/adapter_model.safetensors", b"ckpt")
+        self.store.put_bytes(f"{run.checkpoint(4)}/COMPLETE", b"")
+        self.store.put_json(f"{run.adapter}/adapter_config.json", {"r": 8, "lora_alpha": 16})
+        self.store.put_bytes(f"{run.adapter}/adapter_model.safetensors", b"weights")
+        metrics = Metrics(
+            train_loss=1.4,
+            eval_loss=eval_loss,
+            base_eval_loss=1.9,
+            perplexity=3.36,
+            train_tokens=4096,
+        )
+        self.store.put_json(run.metrics, metrics.to_wire())
+
+    def pod_benchmarked(self, run: RunPaths, answer_p95: float = 2.5) -> None:
+        """What `finetune benchmark` leaves: report/benchmark.json and the HTML report."""
+        profiles = [
+            ProfileResult(
+                name="question",
+                max_new_tokens=48,
+                max_latency_seconds=10,
+                samples=5,
+                p50=3.0,
+                p90=3.4,
+                p95=3.5,
+                p99=3.6,
+                max=3.6,
+                tokens_per_second=30.0,
+                passed=True,
+            ),
+            ProfileResult(
+                name="answer",
+                max_new_tokens=24,
+                max_latency_seconds=6,
+                samples=5,
+                p50=answer_p95 - 0.5,
+                p90=answer_p95 - 0.1,
+                p95=answer_p95,
+                p99=answer_p95,
+                max=answer_p95,
+                tokens_per_second=30.0,
+                passed=answer_p95 <= 6,
+            ),
+        ]
+        report = BenchmarkReport(
+            passed=all(p.passed for p in profiles), percentile=95, device="cpu", profiles=profiles
+        )
+        self.store.put_json(run.benchmark_report, report.to_wire())
+        self.store.put_bytes(run.report_html, b"<html>report</html>", "text/html")
+
+    def pod_failed(self, run: RunPaths, stage: str, reason: str, message: str) -> None:
+        error = ErrorReport.model_validate({"stage": stage, "reason": reason, "message": message})
+        self.store.put_json(run.error, error.to_wire())

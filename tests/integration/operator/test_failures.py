@@ -1,0 +1,106 @@
+"""Runs that cannot succeed end Failed, with the reason a person needs, and no stray Jobs."""
+
+from __future__ import annotations
+
+from tests.conftest import TEST_CREDENTIALS
+from tests.integration.operator.harness import Cluster, manifest
+
+
+async def test_invalid_spec_fails_naming_the_field_and_creates_no_job(cluster: Cluster) -> None:
+    bad = manifest("typo", cluster.dataset, lora={"r": 0}, training={"learningRate": -1})
+    await cluster.create(bad)
+
+    status = await cluster.wait_for_phase("typo", "Failed")
+    stalled = cluster.condition("typo", "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "InvalidSpec")
+    assert "spec.lora.r: must be >= 1" in stalled["message"]
+    assert "spec.training.learningRate: must be > 0" in stalled["message"]
+    assert status["message"] == stalled["message"]
+    assert cluster.condition("typo", "Ready")["status"] == "False"
+    await cluster.wait_for(
+        lambda: "InvalidSpec" in cluster.event_reasons("typo"), "an InvalidSpec Event"
+    )
+    assert cluster.jobs("typo") == []
+    assert list(cluster.store.list("runs/")) == []
+
+
+async def test_relative_dataset_path_is_invalid_in_a_cluster(cluster: Cluster) -> None:
+    await cluster.create(manifest("local-path", "datasets/devassist.jsonl"))
+    await cluster.wait_for_phase("local-path", "Failed")
+    assert cluster.condition("local-path", "Stalled")["message"].startswith(
+        "invalid spec: spec.dataset.uri: must be an s3:// or file:// URI"
+    )
+    assert cluster.jobs("local-path") == []
+
+
+async def test_missing_dataset_fails_before_any_job(cluster: Cluster) -> None:
+    missing = cluster.store.uri("datasets/nowhere.jsonl")
+    await cluster.create(manifest("no-data", missing))
+    await cluster.wait_for_phase("no-data", "Failed")
+    stalled = cluster.condition("no-data", "Stalled")
+    assert stalled["reason"] == "DatasetNotFound"
+    assert missing in stalled["message"]
+    assert cluster.jobs("no-data") == []
+
+
+async def test_failed_training_reports_the_message_of_error_json(cluster: Cluster) -> None:
+    await cluster.create(manifest("broken", cluster.dataset))
+    train = await cluster.wait_for_job("broken", 1, "train")
+    secret = TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
+    cluster.pod_failed(
+        cluster.run("broken"),
+        "validate",
+        "InvalidDataset",
+        f"line 3: 'messages' is missing (store key {secret})",
+    )
+    await cluster.job_failed(
+        train["metadata"]["name"], "PodFailurePolicy", "Container trainer exited with code 3"
+    )
+
+    status = await cluster.wait_for_phase("broken", "Failed")
+    stalled = cluster.condition("broken", "Stalled")
+    assert stalled["reason"] == "InvalidDataset"
+    assert stalled["message"] == "train failed: line 3: 'messages' is missing (store key ***)"
+    assert secret not in str(status)
+    await cluster.wait_for(
+        lambda: "InvalidDataset" in cluster.event_reasons("broken"), "an InvalidDataset Event"
+    )
+    assert all(secret not in event["message"] for event in cluster.events("broken"))
+    assert [job["metadata"]["name"] for job in cluster.jobs("broken")] == ["broken-g1-train"]
+
+
+async def test_failed_training_without_error_json_reports_the_pod(cluster: Cluster) -> None:
+    await cluster.create(manifest("oom", cluster.dataset))
+    train = await cluster.wait_for_job("oom", 1, "train")
+    await cluster.failed_pod("oom", 1, "train", "RuntimeError: CUDA out of memory")
+    await cluster.job_failed(
+        train["metadata"]["name"],
+        "BackoffLimitExceeded",
+        "Job has reached the specified backoff limit",
+    )
+
+    await cluster.wait_for_phase("oom", "Failed")
+    stalled = cluster.condition("oom", "Stalled")
+    assert stalled["reason"] == "BackoffLimitExceeded"
+    assert stalled["message"] == "train failed: RuntimeError: CUDA out of memory"
+
+
+async def test_benchmark_past_its_deadline_fails_with_the_job_reason(cluster: Cluster) -> None:
+    await cluster.create(manifest("late", cluster.dataset))
+    run = cluster.run("late")
+    train = await cluster.wait_for_job("late", 1, "train")
+    cluster.pod_trained(run)
+    # A training attempt that failed before the retry that succeeded: not the benchmark's.
+    cluster.pod_failed(run, "train", "StoreUnavailable", "first attempt lost the store")
+    await cluster.job_succeeded(train["metadata"]["name"])
+    bench = await cluster.wait_for_job("late", 1, "benchmark")
+    await cluster.job_failed(
+        bench["metadata"]["name"],
+        "DeadlineExceeded",
+        "Job was active longer than specified deadline",
+    )
+
+    await cluster.wait_for_phase("late", "Failed")
+    stalled = cluster.condition("late", "Stalled")
+    assert stalled["reason"] == "DeadlineExceeded"
+    assert stalled["message"] == ("benchmark failed: Job was active longer than specified deadline")
