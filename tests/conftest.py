@@ -34,12 +34,19 @@ def s3_endpoint() -> Iterator[str]:
 def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Environment a pod or the operator would get: endpoint and credentials."""
     bucket = f"ft-{uuid.uuid4().hex[:12]}"
-    env = {"FINETUNE_STORE": f"s3://{bucket}", "FINETUNE_S3_ENDPOINT": s3_endpoint,
-           **TEST_CREDENTIALS}
+    env = {
+        "FINETUNE_STORE": f"s3://{bucket}",
+        "FINETUNE_S3_ENDPOINT": s3_endpoint,
+        **TEST_CREDENTIALS,
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    S3Store(bucket, endpoint=s3_endpoint, access_key=env["AWS_ACCESS_KEY_ID"],
-            secret_key=env["AWS_SECRET_ACCESS_KEY"]).ensure_bucket()
+    S3Store(
+        bucket,
+        endpoint=s3_endpoint,
+        access_key=env["AWS_ACCESS_KEY_ID"],
+        secret_key=env["AWS_SECRET_ACCESS_KEY"],
+    ).ensure_bucket()
     return env
 
 
@@ -62,7 +69,9 @@ def local_store(tmp_path: Path) -> LocalStore:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keep tests off the user's store; keep the model cache shared across the session."""
     monkeypatch.delenv("FINETUNE_STORE", raising=False)
     monkeypatch.delenv("FINETUNE_S3_ENDPOINT", raising=False)

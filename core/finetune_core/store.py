@@ -44,7 +44,9 @@ class ArtifactStore(ABC):
         """A URI for a key (s3://bucket/prefix/key or an absolute path)."""
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         """Write a whole object."""
 
     @abstractmethod
@@ -139,7 +141,9 @@ class LocalStore(ArtifactStore):
     def uri(self, key: str = "") -> str:
         return str(self._path(key)) if key else str(self.root)
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
@@ -228,16 +232,25 @@ class S3Store(ArtifactStore):
             except S3Error as error:
                 if error.code in {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}:
                     raise NotFound(what) from None
-                if attempt == self.retries or error.code in {"AccessDenied", "InvalidAccessKeyId",
-                                                              "SignatureDoesNotMatch"}:
+                if attempt == self.retries or error.code in {
+                    "AccessDenied",
+                    "InvalidAccessKeyId",
+                    "SignatureDoesNotMatch",
+                }:
                     raise
                 reason = error.code
             except (HTTPError, OSError) as error:
                 if attempt == self.retries:
                     raise StoreUnavailable(f"{what}: {error}") from error
                 reason = type(error).__name__
-            log.warning("store: %s failed (%s), retry %d/%d in %.1fs", what, reason, attempt,
-                        self.retries - 1, delay)
+            log.warning(
+                "store: %s failed (%s), retry %d/%d in %.1fs",
+                what,
+                reason,
+                attempt,
+                self.retries - 1,
+                delay,
+            )
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")
@@ -250,7 +263,9 @@ class S3Store(ArtifactStore):
         full = self._key(key) if key else self.prefix
         return f"s3://{self.bucket}/{full}".rstrip("/")
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         self._retry(
             key,
             lambda: self.client.put_object(

@@ -13,7 +13,6 @@ from typing import Any, Literal
 from finetune_core.api import API_VERSION, KIND, FineTuneJobSpec, ResourcesSpec
 from finetune_core.exit_codes import EXIT_INVALID_INPUT
 from finetune_core.store import ENDPOINT_ENV, STORE_ENV
-
 from finetune_operator.settings import OperatorSettings
 
 Stage = Literal["train", "benchmark"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+
 from finetune_core.api import (
     CATEGORIES,
     GROUP,
@@ -25,7 +27,6 @@ from finetune_core.api import (
     FineTuneJobStatus,
 )
 from finetune_core.presets import PRESETS
-from pydantic import BaseModel
 
 Schema = dict[str, Any]
 

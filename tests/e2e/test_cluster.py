@@ -35,19 +35,38 @@ def installed() -> Iterator[None]:
     trainer_repo, trainer_tag = _image("FINETUNE_E2E_TRAINER_IMAGE")
     _run("kubectl", "create", "namespace", NAMESPACE)
     _run(
-        "kubectl", "-n", NAMESPACE, "create", "secret", "generic", "finetune-store",
+        "kubectl",
+        "-n",
+        NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "finetune-store",
         f"--from-literal=AWS_ACCESS_KEY_ID={os.environ['AWS_ACCESS_KEY_ID']}",
         f"--from-literal=AWS_SECRET_ACCESS_KEY={os.environ['AWS_SECRET_ACCESS_KEY']}",
     )
     _run(
-        "helm", "install", NAMESPACE, str(REPO / "charts" / "finetune-operator"),
-        "-n", NAMESPACE, "--wait",
-        "--set", f"image.repository={operator_repo}", "--set", f"image.tag={operator_tag}",
-        "--set", f"trainer.image.repository={trainer_repo}",
-        "--set", f"trainer.image.tag={trainer_tag}",
-        "--set", f"store.uri={os.environ['FINETUNE_E2E_STORE']}",
-        "--set", f"store.endpoint={os.environ['FINETUNE_E2E_S3_ENDPOINT']}",
-        "--set", "store.existingSecret=finetune-store",
+        "helm",
+        "install",
+        NAMESPACE,
+        str(REPO / "charts" / "finetune-operator"),
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--set",
+        f"image.repository={operator_repo}",
+        "--set",
+        f"image.tag={operator_tag}",
+        "--set",
+        f"trainer.image.repository={trainer_repo}",
+        "--set",
+        f"trainer.image.tag={trainer_tag}",
+        "--set",
+        f"store.uri={os.environ['FINETUNE_E2E_STORE']}",
+        "--set",
+        f"store.endpoint={os.environ['FINETUNE_E2E_S3_ENDPOINT']}",
+        "--set",
+        "store.existingSecret=finetune-store",
     )
     try:
         yield
@@ -77,6 +96,7 @@ def test_quickstart_is_promoted_on_cpu_nodes(installed: None) -> None:
     assert status.get("phase") == "Promoted", status
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
-    jobs = _run("kubectl", "-n", NAMESPACE, "get", "jobs", "-l", f"finetune.dev/job={name}",
-                "-o", "name").split()
+    jobs = _run(
+        "kubectl", "-n", NAMESPACE, "get", "jobs", "-l", f"finetune.dev/job={name}", "-o", "name"
+    ).split()
     assert sorted(Path(j).name for j in jobs) == [f"{name}-g1-bench", f"{name}-g1-train"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import celpy
 import jsonschema
+
 from finetune_operator.crd import Schema, crd_dict
 
 REPO = Path(__file__).resolve().parents[3]

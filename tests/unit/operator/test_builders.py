@@ -8,11 +8,11 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+
 from finetune_core.api import MAX_NAME_LENGTH, FineTuneJobSpec
 from finetune_core.exit_codes import EXIT_INVALID_INPUT
 from finetune_operator.builders import Stage, build_job, child_name
 from finetune_operator.settings import OperatorSettings
-
 from tests.conftest import TEST_CREDENTIALS
 
 KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.latest_version().rsplit(".", 1)[0]]

@@ -11,9 +11,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import BaseModel, Field
+
 from finetune_core.api import MAX_NAME_LENGTH
 from finetune_operator.crd import Schema, crd_dict, crd_yaml, node_at, structural_schema
-from pydantic import BaseModel, Field
 
 from .crd_check import EXAMPLE_FILES, REPO, crd_problems, open_api_schema
 

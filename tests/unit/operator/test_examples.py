@@ -13,9 +13,10 @@ from typing import Any, NamedTuple
 
 import pytest
 import yaml
+from typer.testing import CliRunner
+
 from finetune_core.api import MAX_NAME_LENGTH
 from finetune_operator.cli import app
-from typer.testing import CliRunner
 
 from .crd_check import EXAMPLE_FILES, EXAMPLES, crd_problems
 
