@@ -1,0 +1,116 @@
+"""Which checkpoints count, which are deleted, and the upload/download round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, RunPaths
+from finetune_core.store import ArtifactStore
+from finetune_trainer.checkpoints import (
+    CheckpointSync,
+    StoredCheckpoints,
+    read_state,
+    scan,
+    to_delete,
+    write_state,
+)
+from finetune_trainer.uploads import BackgroundUploader
+
+PATHS = RunPaths("ns", "job", 2)
+PREFIX = PATHS.checkpoints
+
+
+def keys(step: int, complete: bool) -> list[str]:
+    files = [f"{PREFIX}/step-{step}/adapter_model.safetensors", f"{PREFIX}/step-{step}/sub/x"]
+    return files + ([f"{PREFIX}/step-{step}/{CHECKPOINT_COMPLETE_MARKER}"] if complete else [])
+
+
+def test_scan_needs_the_marker_and_sorts_numerically() -> None:
+    found = scan(
+        keys(100, True)
+        + keys(20, True)
+        + keys(300, False)
+        + keys(9, False)
+        + [f"{PREFIX}/notes.txt", f"{PATHS.prefix}/adapter/step-5/COMPLETE"],
+        PREFIX,
+    )
+    assert found == StoredCheckpoints(complete=[20, 100], incomplete=[9, 300])
+    assert found.newest == 100
+    assert scan([], PREFIX).newest is None
+
+
+@pytest.mark.parametrize(
+    ("complete", "incomplete", "keep", "deleted"),
+    [
+        ([10, 20, 30, 40], [], 3, [10]),
+        ([10, 20], [], 3, []),
+        ([10, 20, 30], [25, 50], 1, [10, 20, 25, 50]),
+        ([], [5], 3, [5]),
+    ],
+)
+def test_to_delete_keeps_the_newest_complete(
+    complete: list[int], incomplete: list[int], keep: int, deleted: list[int]
+) -> None:
+    assert to_delete(StoredCheckpoints(complete, incomplete), keep) == deleted
+
+
+def test_own_state_round_trip(tmp_path: Path) -> None:
+    assert read_state(tmp_path) == {}
+    write_state(tmp_path, {"baseEvalLoss": 2.5})
+    assert read_state(tmp_path) == {"baseEvalLoss": 2.5}
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest) -> ArtifactStore:
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+def fake_checkpoint(directory: Path, step: int) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "adapter_model.safetensors").write_bytes(bytes([step]) * 100)
+    (directory / "nested").mkdir()
+    (directory / "nested" / "state.json").write_text(f'{{"step": {step}}}')
+    return directory
+
+
+def test_upload_prune_and_download_newest(store: ArtifactStore, tmp_path: Path) -> None:
+    uploader = BackgroundUploader(first_retry_seconds=0.05)
+    sync = CheckpointSync(store, PATHS, uploader, tmp_path / "staging", keep=2)
+    # Left over from a killed pod: files without the marker, newer than anything complete.
+    store.put_bytes(f"{PREFIX}/step-7/adapter_model.safetensors", b"partial")
+    for step in (2, 4, 6):
+        local = fake_checkpoint(tmp_path / f"checkpoint-{step}", step)
+        sync.upload_later(step, local)
+    assert uploader.close(timeout=30)
+    assert sync.uploaded == [2, 4, 6]
+    assert sync.stored() == StoredCheckpoints(complete=[4, 6], incomplete=[])
+    assert not (tmp_path / "staging" / "step-6").exists()  # staged copies are removed
+
+    newest = sync.download_newest(tmp_path / "resume")
+    assert newest is not None and newest.step == 6
+    target = newest.path
+    assert target == tmp_path / "resume" / "checkpoint-6"
+    assert (target / "adapter_model.safetensors").read_bytes() == bytes([6]) * 100
+    assert (target / "nested" / "state.json").read_text() == '{"step": 6}'
+    assert not (target / CHECKPOINT_COMPLETE_MARKER).exists()
+
+
+def test_staged_copy_survives_the_trainer_deleting_its_checkpoint(
+    local_store: ArtifactStore, tmp_path: Path
+) -> None:
+    uploader = BackgroundUploader()
+    sync = CheckpointSync(local_store, PATHS, uploader, tmp_path / "staging", keep=3)
+    local = fake_checkpoint(tmp_path / "checkpoint-3", 3)
+    sync.upload_later(3, local)
+    for path in sorted(local.rglob("*"), reverse=True):  # what save_total_limit does
+        path.unlink() if path.is_file() else path.rmdir()
+    assert uploader.close(timeout=30)
+    assert local_store.get_bytes(f"{PREFIX}/step-3/adapter_model.safetensors") == bytes([3]) * 100
+
+
+def test_no_complete_checkpoint_means_no_resume(local_store: ArtifactStore, tmp_path: Path) -> None:
+    local_store.put_bytes(f"{PREFIX}/step-9/adapter_model.safetensors", b"partial")
+    sync = CheckpointSync(local_store, PATHS, BackgroundUploader(), tmp_path, keep=1)
+    assert sync.download_newest(tmp_path / "resume") is None
