@@ -107,8 +107,8 @@ class DatasetSpec(ApiModel):
     """The training data: chat conversations, one JSON object per line."""
 
     uri: str = Field(
-        description='JSONL with one {"messages": [{"role", "content"}, ...]} per line: s3://bucket/key, '
-        "file:///path, or (local runs) a path relative to the manifest.",
+        description='JSONL with one {"messages": [{"role", "content"}, ...]} per line: '
+        "s3://bucket/key, file:///path, or (local runs) a path relative to the manifest.",
         min_length=1,
     )
     validation_split: float = Field(
@@ -174,9 +174,15 @@ class TrainingSpec(ApiModel):
     precision: Literal["bf16", "fp16", "fp32"] = Field(
         default="bf16", description="Compute precision on GPU. CPU runs use fp32."
     )
-    seed: int = Field(default=3407, description="Seed for the split, the adapter init and the data order.")
-    save_steps: int = Field(default=100, ge=1, description="Save a checkpoint every N optimiser steps.")
-    keep_checkpoints: int = Field(default=3, ge=1, description="How many checkpoints to keep in the store.")
+    seed: int = Field(
+        default=3407, description="Seed for the split, the adapter init and the data order."
+    )
+    save_steps: int = Field(
+        default=100, ge=1, description="Save a checkpoint every N optimiser steps."
+    )
+    keep_checkpoints: int = Field(
+        default=3, ge=1, description="How many checkpoints to keep in the store."
+    )
     max_steps: int | None = Field(
         default=None, ge=1, description="Stop after this many optimiser steps (caps the epochs)."
     )
@@ -186,7 +192,9 @@ class Toleration(ApiModel):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
     key: str | None = Field(default=None, description="Taint key.")
-    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal."
+    )
     value: str | None = Field(default=None, description="Taint value (with Equal).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate."
@@ -217,8 +225,9 @@ class SlaProfile(ApiModel):
 
     name: str = Field(min_length=1, description="Profile name, e.g. question or answer.")
     max_new_tokens: int = Field(ge=1, le=32768, description="Tokens generated per sample.")
-    max_latency_seconds: float = Field(gt=0, description="Limit on the chosen percentile of "
-                                       "end-to-end latency, in seconds.")
+    max_latency_seconds: float = Field(
+        gt=0, description="Limit on the chosen percentile of end-to-end latency, in seconds."
+    )
     prompts: str | None = Field(
         default=None,
         description="JSONL of {messages} to prompt with (same URI forms as dataset.uri); default: "
@@ -272,7 +281,7 @@ class PromotionSpec(ApiModel):
     policy: Literal["auto", "manual"] = Field(
         default="auto",
         description="auto promotes on a passing benchmark; manual waits for the annotation "
-        "finetune.dev/approve: \"true\".",
+        'finetune.dev/approve: "true".',
     )
     require_improvement: bool = Field(
         default=False,
@@ -421,7 +430,9 @@ class Metrics(StatusModel):
     """Training results, from the run's metrics.json."""
 
     train_loss: float | None = Field(default=None, description="Final training loss.")
-    eval_loss: float | None = Field(default=None, description="Adapter's loss on the validation split.")
+    eval_loss: float | None = Field(
+        default=None, description="Adapter's loss on the validation split."
+    )
     perplexity: float | None = Field(default=None, description="exp(evalLoss).")
     base_eval_loss: float | None = Field(
         default=None, description="Base model's loss on the same validation split."
@@ -430,7 +441,9 @@ class Metrics(StatusModel):
     train_tokens: int | None = Field(default=None, description="Tokens trained on.")
     dataset_sha256: str | None = Field(default=None, description="sha256 of the dataset file.")
     train_rows: int | None = Field(default=None, description="Conversations in the training split.")
-    eval_rows: int | None = Field(default=None, description="Conversations in the validation split.")
+    eval_rows: int | None = Field(
+        default=None, description="Conversations in the validation split."
+    )
     truncated_rows: int | None = Field(
         default=None, description="Conversations cut to model.maxSeqLength."
     )
@@ -463,7 +476,16 @@ class BenchmarkReport(StatusModel):
     profiles: list[ProfileResult] = Field(default_factory=list, description="Per-profile results.")
     eval_loss: float | None = Field(default=None, description="Adapter's eval loss.")
     base_eval_loss: float | None = Field(default=None, description="Base model's eval loss.")
+    perplexity: float | None = Field(default=None, description="Adapter's perplexity.")
+    base_perplexity: float | None = Field(default=None, description="Base model's perplexity.")
     reasons: list[str] = Field(default_factory=list, description="Why it did not pass.")
+    backend: str | None = Field(default=None, description="unsloth or transformers.")
+    dtype: str | None = Field(default=None, description="Compute dtype of the weights.")
+    merged_adapter: bool | None = Field(
+        default=None, description="Adapter merged into the weights."
+    )
+    versions: dict[str, str] = Field(default_factory=dict, description="Library versions.")
+    measured_at: str | None = Field(default=None, description="When it was measured.")
 
 
 class Artifacts(StatusModel):
@@ -496,7 +518,9 @@ class FineTuneJobStatus(StatusModel):
     )
     message: str | None = Field(default=None, description="The latest event, for a person.")
     model: str | None = Field(default=None, description="The resolved base model id.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Reconciling, Stalled.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Reconciling, Stalled."
+    )
     progress: Progress | None = Field(default=None, description="Training progress.")
     metrics: Metrics | None = Field(default=None, description="Training metrics.")
     benchmark: BenchmarkReport | None = Field(default=None, description="Benchmark summary.")
@@ -504,4 +528,6 @@ class FineTuneJobStatus(StatusModel):
     promoted_model: str | None = Field(default=None, description="URI of the promoted copy.")
     sla: str | None = Field(default=None, description="SLA verdict for printing: Passed or Failed.")
     started_at: str | None = Field(default=None, description="When the current run started.")
-    runs: list[RunRecord] = Field(default_factory=list, description="Earlier runs, newest first (5).")
+    runs: list[RunRecord] = Field(
+        default_factory=list, description="Earlier runs, newest first (5)."
+    )

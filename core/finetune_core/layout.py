@@ -55,6 +55,15 @@ class RunPaths:
         return f"{self.prefix}/error.json"
 
     @property
+    def status(self) -> str:
+        """status.json: the local pipeline's FineTuneJobStatus (a cluster keeps it in the CR)."""
+        return f"{self.prefix}/status.json"
+
+    def log(self, stage: str) -> str:
+        """A stage's captured output in a local run (logs/train.log, logs/benchmark.log)."""
+        return f"{self.prefix}/logs/{stage}.log"
+
+    @property
     def checkpoints(self) -> str:
         return f"{self.prefix}/checkpoints"
 

@@ -1,0 +1,247 @@
+"""The stages of a local run as child processes: `finetune train|benchmark --run URI`, the
+same entrypoints the pods run, with their output captured and their progress displayed.
+
+A child starts with SIGINT ignored (an ignored signal stays ignored across exec, and Python
+then installs no KeyboardInterrupt handler), so Ctrl-C in the terminal is handled by
+`finetune run` alone, which stops the child with SIGTERM, the signal Kubernetes sends a pod
+(the trainer saves a checkpoint on it). The child stays in the terminal's process group, so
+closing the terminal (SIGHUP) still ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from finetune_core.api import Progress as TrainingProgress
+from finetune_core.api import ResolvedSpec
+from finetune_core.layout import RunPaths
+from finetune_core.store import ENDPOINT_ENV, STORE_ENV, ArtifactStore
+
+POLL_SECONDS = 0.5
+# How long a stage may take to stop after SIGTERM (the trainer finishes its step and saves a
+# checkpoint) before it is killed; a second Ctrl-C kills it at once.
+STOP_GRACE_SECONDS = 120.0
+LOG_TAIL_LINES = 15
+
+
+class Interruption:
+    """Ctrl-C and SIGTERM while the pipeline runs: counted, not raised, so a running stage is
+    always stopped cleanly and the status written before `finetune run` exits."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.count = 0
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = self.signum or signum
+        self.count += 1
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal, as a shell reports it: 130 for Ctrl-C."""
+        return 128 + (self.signum or signal.SIGINT)
+
+    @contextmanager
+    def installed(self) -> Iterator[Interruption]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals reach only the main thread: nothing to catch here
+            return
+        previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+@contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a child is started, so that the child inherits SIG_IGN."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may change signal handlers
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Watcher:
+    """Shows a stage's progress while it runs."""
+
+    def __init__(self, display: Progress):
+        self.display = display
+
+    def refresh(self) -> None:
+        """Poll what the stage writes (called every POLL_SECONDS while it runs, and once after)."""
+
+    def on_line(self, line: str) -> None:
+        """One line of the stage's output (called from the log reader thread)."""
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+class TrainingWatcher(Watcher):
+    """Steps, loss and ETA from the trainer's progress.json."""
+
+    def __init__(self, console: Console, store: ArtifactStore, run: RunPaths):
+        super().__init__(
+            Progress(
+                TextColumn("[bold]train[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps  loss {task.fields[loss]}  ETA {task.fields[eta]}"),
+                TimeElapsedColumn(),
+                console=console,
+            )
+        )
+        self.store, self.run = store, run
+        self.task = self.display.add_task("train", total=None, loss="-", eta=_eta(None))
+
+    def refresh(self) -> None:
+        try:
+            progress = TrainingProgress.model_validate(
+                self.store.get_json_or_none(self.run.progress)
+            )
+        except ValidationError:  # not written yet
+            return
+        self.display.update(
+            self.task,
+            completed=progress.step or 0,
+            total=progress.total_steps,
+            loss="-" if progress.loss is None else f"{progress.loss:.4f}",
+            eta=_eta(progress.eta_seconds),
+        )
+
+
+class BenchmarkWatcher(Watcher):
+    """Samples per SLA profile, from the benchmark's JSON lines on stdout:
+    `{"profile": NAME, "warmup": N, ...}` then `{"profile": NAME, "sample": N, ...}`."""
+
+    def __init__(self, console: Console, spec: ResolvedSpec):
+        super().__init__(
+            Progress(
+                TextColumn("[bold]benchmark[/] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("samples"),
+                TimeElapsedColumn(),
+                console=console,
+            )
+        )
+        samples = spec.benchmark.samples
+        # Profiles run one after another: each one's clock starts with its first sample.
+        self.tasks = {
+            p.name: self.display.add_task(p.name, total=samples, start=False)
+            for p in spec.benchmark.sla
+        }
+
+    def on_line(self, line: str) -> None:
+        if not line.startswith("{"):
+            return
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        name = str(event.get("profile"))
+        task = self.tasks.get(name)
+        if task is None:
+            return
+        self.display.start_task(task)  # no-op once started
+        if isinstance(event.get("warmup"), int):
+            self.display.update(task, description=f"{name} (warm-up {event['warmup']})")
+        elif isinstance(event.get("sample"), int):
+            self.display.update(task, description=name, completed=event["sample"])
+
+
+class Stage:
+    """One `finetune <name> --run URI` child, its output going to a log file (and its last
+    lines kept for the failure message)."""
+
+    def __init__(self, name: str, run_uri: str, env: dict[str, str], log_path: Path):
+        self.name = name
+        self.command = [sys.executable, "-m", "finetune_operator.cli", name, "--run", run_uri]
+        self.env = env
+        self.log_path = log_path
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+
+    def run(self, watcher: Watcher, interruption: Interruption) -> int | None:
+        """Run to the end (the exit code) or until interrupted (None, after stopping it)."""
+        with sigint_ignored():
+            process = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+            )
+        reader = threading.Thread(target=self._read, args=(process, watcher), daemon=True)
+        reader.start()
+        code: int | None = None
+        with watcher.display:
+            while (code := process.poll()) is None and not interruption.count:
+                watcher.refresh()
+                time.sleep(POLL_SECONDS)
+            if code is None:
+                watcher.display.console.print(f"Stopping {self.name}: it saves its state first...")
+                self._stop(process, interruption)
+            watcher.refresh()
+        reader.join(timeout=10)
+        return code
+
+    def _read(self, process: subprocess.Popen[str], watcher: Watcher) -> None:
+        assert process.stdout is not None
+        with self.log_path.open("w", encoding="utf-8") as log:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                self.tail.append(line.rstrip("\n"))
+                watcher.on_line(line)
+
+    @staticmethod
+    def _stop(process: subprocess.Popen[str], interruption: Interruption) -> None:
+        """SIGTERM, then wait for the child to save and exit; kill it after the grace period
+        or on another Ctrl-C."""
+        process.send_signal(signal.SIGTERM)
+        seen = interruption.count
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while process.poll() is None:
+            if interruption.count > seen or time.monotonic() > deadline:
+                process.kill()
+            time.sleep(0.1)
+
+
+def stage_env(store: ArtifactStore, endpoint: str | None) -> dict[str, str]:
+    """What a pod would get: the store and its endpoint; credentials are inherited."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env[STORE_ENV] = store.uri()
+    if endpoint:
+        env[ENDPOINT_ENV] = endpoint
+    return env
