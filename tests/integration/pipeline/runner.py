@@ -16,6 +16,9 @@ import yaml
 from tests.conftest import DEMO_DATASET, REPO
 
 QUICKSTART = REPO / "manifests" / "examples" / "quickstart.yaml"
+QUICKSTART_SLA: list[dict[str, Any]] = yaml.safe_load(QUICKSTART.read_text())["spec"]["benchmark"][
+    "sla"
+]
 # Wide enough that rich never wraps or truncates a table row.
 TERMINAL = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
 RUN_TIMEOUT = 1500

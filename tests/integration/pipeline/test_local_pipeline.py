@@ -22,6 +22,7 @@ from finetune_core.store import LocalStore, S3Store
 from finetune_operator.local_pipeline import approve_run
 from tests.integration.pipeline.runner import (
     LIMIT_SECONDS,
+    QUICKSTART_SLA,
     STEPS,
     finetune,
     finetune_env,
@@ -96,7 +97,7 @@ def test_summary_shows_the_measured_sla_table_and_metrics(promoted: Finished) ->
     output = promoted.result.stdout
     report = read(promoted.store, RUN.benchmark_report, BenchmarkReport)
     assert [p.name for p in report.profiles] == ["question", "answer"]
-    tokens = {"question": 48, "answer": 24}
+    tokens = {p["name"]: p["maxNewTokens"] for p in QUICKSTART_SLA}
     for profile in report.profiles:
         assert table_row(output, profile.name) == [
             profile.name,
