@@ -105,6 +105,18 @@ def show(
     raise typer.Exit(show_run(name, store=store, endpoint=s3_endpoint))
 
 
+@app.command()
+def approve(
+    name: Annotated[str, typer.Argument(help="FineTuneJob name (optionally namespace/name).")],
+    store: StoreOption = None,
+    s3_endpoint: EndpointOption = None,
+) -> None:
+    """Promote a local run that passed the gate and waits for approval (policy: manual)."""
+    from finetune_operator.local_pipeline import approve_run
+
+    raise typer.Exit(approve_run(name, store=store, endpoint=s3_endpoint))
+
+
 def main() -> None:
     app()
 
