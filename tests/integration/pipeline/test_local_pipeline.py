@@ -13,12 +13,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from pydantic import BaseModel
 
 from finetune_core.api import BenchmarkReport, FineTuneJobStatus, Metrics, Progress
 from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, CurrentAlias, RunPaths
-from finetune_core.store import LocalStore, S3Store
+from finetune_core.store import ArtifactStore, LocalStore, S3Store
 from finetune_operator.local_pipeline import approve_run
 from tests.integration.pipeline.runner import (
     LIMIT_SECONDS,
@@ -34,6 +36,7 @@ from tests.integration.pipeline.runner import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
+M = TypeVar("M", bound=BaseModel)
 RUN = RunPaths("local", "quickstart", 1)
 MODEL = "smollm2-135m"
 
@@ -54,7 +57,7 @@ def promoted(tmp_path_factory: pytest.TempPathFactory) -> Finished:
     return Finished(directory, manifest, LocalStore(directory / ".finetune"), result)
 
 
-def read(store: LocalStore | S3Store, key: str, model: type) -> object:
+def read(store: ArtifactStore, key: str, model: type[M]) -> M:
     return model.model_validate(store.get_json(key))
 
 
@@ -109,6 +112,7 @@ def test_summary_shows_the_measured_sla_table_and_metrics(promoted: Finished) ->
             "pass",
         ]
     metrics = read(promoted.store, RUN.metrics, Metrics)
+    assert metrics.base_eval_loss is not None
     assert table_row(output, "eval loss")[1] == (
         f"{metrics.eval_loss:.4f} (base {metrics.base_eval_loss:.4f})"
     )
