@@ -88,7 +88,7 @@ def run_local(
 @app.command()
 def runs(store: StoreOption = None, s3_endpoint: EndpointOption = None) -> None:
     """List the runs in a store."""
-    from finetune_operator.local_pipeline import list_runs
+    from finetune_operator.local_status import list_runs
 
     raise typer.Exit(list_runs(store=store, endpoint=s3_endpoint))
 
@@ -100,7 +100,7 @@ def show(
     s3_endpoint: EndpointOption = None,
 ) -> None:
     """Show one run's status and where its report is."""
-    from finetune_operator.local_pipeline import show_run
+    from finetune_operator.local_status import show_run
 
     raise typer.Exit(show_run(name, store=store, endpoint=s3_endpoint))
 

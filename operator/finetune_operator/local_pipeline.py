@@ -56,9 +56,9 @@ from finetune_operator.local_stages import (
     Watcher,
     stage_env,
 )
-from finetune_operator.local_status import list_runs, run_details, show_run
+from finetune_operator.local_status import run_details
 
-__all__ = ["approve_run", "list_runs", "run_manifest", "show_run"]
+__all__ = ["approve_run", "run_manifest"]
 
 LOCAL_NAMESPACE = "local"
 EXIT_PROMOTED = 0
