@@ -14,6 +14,18 @@ from finetune_core.store import LocalStore, S3Store
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATASET = REPO / "manifests" / "examples" / "datasets" / "devassist.jsonl"
 
+# progress.json's keys, as DESIGN.md's contract lists them.
+PROGRESS_CONTRACT_KEYS = {
+    "step",
+    "totalSteps",
+    "epoch",
+    "loss",
+    "learningRate",
+    "tokensPerSecond",
+    "etaSeconds",
+    "updatedAt",
+}
+
 # The S3 test server accepts any credentials; the pods read them from these variables.
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-access-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
 

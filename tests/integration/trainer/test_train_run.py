@@ -21,7 +21,7 @@ from finetune_core.api import Metrics, Progress
 from finetune_core.layout import RunPaths
 from finetune_core.store import S3Store
 from finetune_trainer.data import read_conversations
-from tests.conftest import TEST_CREDENTIALS
+from tests.conftest import PROGRESS_CONTRACT_KEYS, TEST_CREDENTIALS
 from tests.integration.trainer.harness import (
     complete_steps,
     log_lines,
@@ -151,16 +151,7 @@ def expected_truncated(dataset: Path, max_seq_length: int) -> int:
 
 def test_progress_contract_at_the_end(run: TrainedRun) -> None:
     wire = run.store.get_json(PATHS.progress)
-    assert set(wire) == {
-        "step",
-        "totalSteps",
-        "epoch",
-        "loss",
-        "learningRate",
-        "tokensPerSecond",
-        "etaSeconds",
-        "updatedAt",
-    }
+    assert set(wire) == PROGRESS_CONTRACT_KEYS
     progress = Progress.model_validate(wire)
     assert progress.step == progress.total_steps == MAX_STEPS
     assert progress.tokens_per_second and progress.tokens_per_second > 0

@@ -13,6 +13,7 @@ from finetune_core.api import Progress
 from finetune_trainer.logs import JsonFormatter
 from finetune_trainer.losscurve import final_train_loss, loss_history, plot_loss
 from finetune_trainer.progress import Throughput, progress_interval, snapshot
+from tests.conftest import PROGRESS_CONTRACT_KEYS
 
 LOG_HISTORY = [
     {"loss": 3.0, "learning_rate": 1e-4, "epoch": 0.5, "step": 1},
@@ -62,16 +63,7 @@ def test_snapshot_has_every_contract_key() -> None:
         state, Throughput(10, 5000, 100.0), {"loss": 1.25, "learning_rate": 1e-4}, now=110.0
     )
     wire = progress.to_wire()
-    assert set(wire) == {
-        "step",
-        "totalSteps",
-        "epoch",
-        "loss",
-        "learningRate",
-        "tokensPerSecond",
-        "etaSeconds",
-        "updatedAt",
-    }
+    assert set(wire) == PROGRESS_CONTRACT_KEYS
     assert Progress.model_validate(wire) == progress
     assert (wire["step"], wire["totalSteps"], wire["tokensPerSecond"]) == (15, 25, 200.0)
 
