@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from pydantic import BaseModel, ValidationError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 STORE_ENV = "FINETUNE_STORE"
 ENDPOINT_ENV = "FINETUNE_S3_ENDPOINT"
@@ -34,6 +37,10 @@ class NotFound(KeyError):
 
 class StoreUnavailable(OSError):
     """The store could not be reached after every retry."""
+
+
+class InvalidFile(ValueError):
+    """A JSON file in the store is not what its model says (or not JSON at all)."""
 
 
 class ArtifactStore(ABC):
@@ -318,6 +325,54 @@ class S3Store(ArtifactStore):
                 self.bucket, self._key(destination), CopySource(self.bucket, self._key(source))
             ),
         )
+
+
+def read_model(store: ArtifactStore, key: str, model: type[M]) -> M | None:
+    """A JSON file read as its model: None when absent, InvalidFile (naming the file and the
+    problem) when unreadable. The one reader every stage and executor uses."""
+    try:
+        raw = store.get_json_or_none(key)
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise InvalidFile(f"{store.uri(key)} is not JSON: {error}") from None
+    if raw is None:
+        return None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '(top)'}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise InvalidFile(f"{store.uri(key)} is not a valid {model.__name__}: {problems}") from None
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b.jsonl` -> (`s3://bucket`, `a/b.jsonl`); `file:///d/b.jsonl` or
+    `/d/b.jsonl` -> (`/d`, `b.jsonl`). ValueError names what is missing."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not bucket or not key.strip("/"):
+            raise ValueError(f"{uri!r} is not s3://bucket/key")
+        return f"s3://{bucket}", key
+    path = Path(uri.removeprefix("file://")).expanduser()
+    if not path.name:
+        raise ValueError(f"{uri!r} names no file")
+    return str(path.parent), path.name
+
+
+def open_object(uri: str, endpoint: str | None = None) -> tuple[ArtifactStore, str]:
+    """The store holding one object (s3://, file:// or a path) and its key there."""
+    location, key = split_uri(uri)
+    return open_store(location, endpoint), key
+
+
+def local_file_uri(uri: str, base: Path) -> str:
+    """A file:// URI or a path (relative to `base`) as an absolute file:// URI; s3:// URIs
+    are returned unchanged."""
+    if uri.startswith("s3://"):
+        return uri
+    path = Path(uri.removeprefix("file://")).expanduser()
+    return f"file://{path if path.is_absolute() else (base / path).resolve()}"
 
 
 def open_store(location: str | None = None, endpoint: str | None = None) -> ArtifactStore:
