@@ -9,6 +9,7 @@ The layout is a contract between the operator, the pods and users browsing the b
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +18,33 @@ from pydantic import Field
 from finetune_core.api import ApiModel, ResolvedSpec
 
 CHECKPOINT_COMPLETE_MARKER = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class StoredCheckpoints:
+    """Steps of the checkpoints found in the store, split by whether they are complete."""
+
+    complete: list[int]
+    incomplete: list[int]
+
+    @property
+    def newest(self) -> int | None:
+        return self.complete[-1] if self.complete else None
+
+
+def scan_checkpoints(keys: Iterable[str], checkpoints_prefix: str) -> StoredCheckpoints:
+    """Which checkpoints the keys under `checkpoints_prefix` hold, each list sorted."""
+    pattern = re.compile(re.escape(checkpoints_prefix.rstrip("/")) + r"/step-(\d+)/(.+)")
+    seen: set[int] = set()
+    marked: set[int] = set()
+    for key in keys:
+        match = pattern.fullmatch(key)
+        if match:
+            step = int(match[1])
+            seen.add(step)
+            if match[2] == CHECKPOINT_COMPLETE_MARKER:
+                marked.add(step)
+    return StoredCheckpoints(sorted(marked), sorted(seen - marked))
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, RunPaths
+from finetune_core.layout import RunPaths, StoredCheckpoints, scan_checkpoints
 from finetune_core.store import ArtifactStore
 from finetune_trainer.uploads import BackgroundUploader
 
@@ -28,38 +26,11 @@ STATE_FILE = "finetune_state.json"  # our own state, saved inside each checkpoin
 
 
 @dataclass(frozen=True)
-class StoredCheckpoints:
-    """Steps of the checkpoints found in the store, split by whether they are complete."""
-
-    complete: list[int]
-    incomplete: list[int]
-
-    @property
-    def newest(self) -> int | None:
-        return self.complete[-1] if self.complete else None
-
-
-@dataclass(frozen=True)
 class LocalCheckpoint:
     """A checkpoint downloaded for resuming."""
 
     step: int
     path: Path
-
-
-def scan(keys: Iterable[str], checkpoints_prefix: str) -> StoredCheckpoints:
-    """Which checkpoints the keys under `checkpoints_prefix` hold, each list sorted."""
-    pattern = re.compile(re.escape(checkpoints_prefix.rstrip("/")) + r"/step-(\d+)/(.+)")
-    seen: set[int] = set()
-    marked: set[int] = set()
-    for key in keys:
-        match = pattern.fullmatch(key)
-        if match:
-            step = int(match[1])
-            seen.add(step)
-            if match[2] == CHECKPOINT_COMPLETE_MARKER:
-                marked.add(step)
-    return StoredCheckpoints(sorted(marked), sorted(seen - marked))
 
 
 def to_delete(found: StoredCheckpoints, keep: int) -> list[int]:
@@ -99,7 +70,7 @@ class CheckpointSync:
         self.uploaded: list[int] = []  # steps whose upload completed in this process
 
     def stored(self) -> StoredCheckpoints:
-        return scan(self.store.list(self.paths.checkpoints + "/"), self.paths.checkpoints)
+        return scan_checkpoints(self.store.list(self.paths.checkpoints + "/"), self.paths.checkpoints)
 
     def download_newest(self, into: Path) -> LocalCheckpoint | None:
         """Download the newest complete checkpoint to `into/checkpoint-<N>`, or None."""

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, RunPaths
+from finetune_core.layout import (
+    CHECKPOINT_COMPLETE_MARKER,
+    RunPaths,
+    StoredCheckpoints,
+    scan_checkpoints,
+)
 from finetune_core.store import ArtifactStore
 from finetune_trainer.checkpoints import (
     CheckpointSync,
-    StoredCheckpoints,
     read_state,
-    scan,
     to_delete,
     write_state,
 )
@@ -28,7 +31,7 @@ def keys(step: int, complete: bool) -> list[str]:
 
 
 def test_scan_needs_the_marker_and_sorts_numerically() -> None:
-    found = scan(
+    found = scan_checkpoints(
         keys(100, True)
         + keys(20, True)
         + keys(300, False)
@@ -38,7 +41,7 @@ def test_scan_needs_the_marker_and_sorts_numerically() -> None:
     )
     assert found == StoredCheckpoints(complete=[20, 100], incomplete=[9, 300])
     assert found.newest == 100
-    assert scan([], PREFIX).newest is None
+    assert scan_checkpoints([], PREFIX).newest is None
 
 
 @pytest.mark.parametrize(
