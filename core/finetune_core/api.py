@@ -395,6 +395,42 @@ Phase = Literal[
     "Failed",
 ]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Promoted", "Rejected", "Failed"})
+"""The run ended: only a new generation (a spec change) starts another."""
+ACTIVE_PHASES: frozenset[str] = frozenset({"Validating", "Pending", "Training", "Benchmarking"})
+"""A stage is starting or running: the Reconciling condition is True."""
+SETTLED_PHASES: frozenset[str] = TERMINAL_PHASES | {"AwaitingApproval"}
+"""Nothing changes without a person (an approval, a spec change): no polling."""
+
+
+class Reason:
+    """Every reason a condition, an Event or error.json carries (CamelCase), in one place."""
+
+    RUN_STARTED = "RunStarted"
+    RESUMED = "Resumed"
+    SLOW_LORA_PATH = "SlowLoraPath"
+    INVALID_SPEC = "InvalidSpec"
+    DATASET_NOT_FOUND = "DatasetNotFound"
+    JOB_CREATED = "JobCreated"
+    TRAINING_STARTED = "TrainingStarted"
+    BENCHMARK_STARTED = "BenchmarkStarted"
+    REPORT_MISSING = "ReportMissing"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    PROMOTED = "Promoted"
+    PROMOTION_FAILED = "PromotionFailed"
+    JOB_DELETED = "JobDeleted"
+    JOB_FAILED = "JobFailed"
+    STAGE_FAILED = "StageFailed"
+    STAGE_EXITED = "StageExited"
+    INTERRUPTED = "Interrupted"
+    # The gate's verdicts.
+    SLA_MET = "SlaMet"
+    SLA_MISSED = "SlaMissed"
+    MISSING_METRICS = "MissingMetrics"
+    NO_IMPROVEMENT = "NoImprovement"
+    # error.json reasons the stages write.
+    INVALID_CONFIG = "InvalidConfig"
+    INVALID_DATASET = "InvalidDataset"
+    TRAINING_FAILED = "TrainingFailed"
 
 
 class Condition(StatusModel):

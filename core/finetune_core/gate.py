@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, ResolvedSpec, SlaProfile
+from finetune_core.api import (
+    BenchmarkReport,
+    Metrics,
+    ProfileResult,
+    Reason,
+    ResolvedSpec,
+    SlaProfile,
+)
 from finetune_core.layout import CurrentAlias
-
-SLA_MET = "SlaMet"
-SLA_MISSED = "SlaMissed"
-MISSING_METRICS = "MissingMetrics"
-NO_IMPROVEMENT = "NoImprovement"
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def quality_problems(
     base = metrics.base_eval_loss if metrics else None
     if eval_loss is None or base is None:
         missing = "evalLoss" if eval_loss is None else "baseEvalLoss"
-        return MISSING_METRICS, [
+        return Reason.MISSING_METRICS, [
             f"requireImprovement: the run's metrics have no {missing} to compare"
         ]
     problems = []
@@ -90,7 +92,7 @@ def quality_problems(
             f"eval loss {loss(eval_loss)} does not beat the current model "
             f"{champion.version}'s {loss(rival)}"
         )
-    return NO_IMPROVEMENT, problems
+    return Reason.NO_IMPROVEMENT, problems
 
 
 def sla_summary(report: BenchmarkReport, profiles: list[SlaProfile], percentile: int) -> str:
@@ -104,7 +106,7 @@ def sla_summary(report: BenchmarkReport, profiles: list[SlaProfile], percentile:
     return "; ".join(parts)
 
 
-def decide(
+def judge(
     report: BenchmarkReport,
     spec: ResolvedSpec,
     metrics: Metrics | None,
@@ -120,7 +122,7 @@ def decide(
     version is the candidate itself, already promoted, and is not a rival.
     """
     problems = sla_problems(report, spec)
-    reason = SLA_MISSED if problems else SLA_MET
+    reason = Reason.SLA_MISSED if problems else Reason.SLA_MET
     if spec.promotion.require_improvement:
         quality_reason, quality = quality_problems(metrics, champion, version)
         if quality and not problems:
@@ -129,10 +131,10 @@ def decide(
     if problems:
         return Verdict(False, reason, "; ".join(problems), tuple(problems))
     if not spec.benchmark.sla:
-        return Verdict(True, SLA_MET, "no SLA profiles to meet")
+        return Verdict(True, Reason.SLA_MET, "no SLA profiles to meet")
     message = "SLA met: " + sla_summary(report, spec.benchmark.sla, spec.benchmark.percentile)
     if spec.promotion.require_improvement and metrics and metrics.eval_loss is not None:
         message += f"; eval loss {loss(metrics.eval_loss)} improves on the base model"
         if champion is not None and champion.eval_loss is not None and champion.version != version:
             message += f" and {champion.version}'s"
-    return Verdict(True, SLA_MET, message)
+    return Verdict(True, Reason.SLA_MET, message)

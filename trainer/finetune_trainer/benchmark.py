@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, RunConfig, SlaProfile
 from finetune_core.exit_codes import EXIT_INVALID_INPUT
-from finetune_core.gate import decide, percentile_of, profile_meets_sla
+from finetune_core.gate import judge, percentile_of, profile_meets_sla
 from finetune_core.layout import ErrorReport, RunPaths, model_key
 from finetune_core.promotion import read_champion, timestamp
 from finetune_core.store import ArtifactStore, NotFound, open_run
@@ -386,7 +386,7 @@ def run_benchmark(
         measured_at=timestamp(datetime.now(UTC)),
     )
     champion = read_champion(store, model_key(spec))
-    verdict = decide(report, spec, metrics, champion, version=run.version)
+    verdict = judge(report, spec, metrics, champion, version=run.version)
     report.passed, report.reasons = verdict.passed, list(verdict.problems)
     try:
         loss_chart: bytes | None = store.get_bytes(f"{run.report}/loss.png")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from finetune_core.api import Metrics
-from finetune_core.gate import decide
+from finetune_core.gate import judge
 from finetune_core.layout import RunPaths, current_alias
 from finetune_core.promotion import PromotionError, promote, read_champion
 from finetune_core.store import ArtifactStore, LocalStore
@@ -85,7 +85,7 @@ def test_with_require_improvement_a_worse_challenger_is_rejected(store: Artifact
     challenger = Metrics(eval_loss=1.35, base_eval_loss=1.5)
     report = make_report(profile("question", 3.1, 3.4, 10), profile("answer", 1.0, 1.2, 6))
 
-    verdict = decide(report, spec, challenger, read_champion(store, "smollm2-135m"))
+    verdict = judge(report, spec, challenger, read_champion(store, "smollm2-135m"))
     assert not verdict.passed
     assert verdict.reason == "NoImprovement"
     assert "1.35" in verdict.message and "1.2" in verdict.message

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finetune_core.api import Metrics
-from finetune_core.gate import decide
+from finetune_core.gate import judge
 from finetune_core.layout import CurrentAlias
 from tests.unit.benchmark.builders import SLA, make_report, make_spec, profile
 
@@ -21,7 +21,7 @@ def champion(eval_loss: float | None, version: str = "ml-agent-g1") -> CurrentAl
 
 def test_every_profile_within_its_limit_passes() -> None:
     report = make_report(profile("question", 3.1, 3.4, 10), profile("answer", 0.9, 1.2, 6))
-    verdict = decide(report, make_spec(), metrics=None, champion=None)
+    verdict = judge(report, make_spec(), metrics=None, champion=None)
     assert verdict.passed
     assert verdict.reason == "SlaMet"
     assert "question p95 3.4 s <= 10 s" in verdict.message
@@ -30,7 +30,7 @@ def test_every_profile_within_its_limit_passes() -> None:
 
 def test_a_missed_profile_is_named_with_its_numbers() -> None:
     report = make_report(profile("question", 3.1, 3.4, 10), profile("answer", 5.0, 7.41, 6))
-    verdict = decide(report, make_spec(), metrics=None, champion=None)
+    verdict = judge(report, make_spec(), metrics=None, champion=None)
     assert not verdict.passed
     assert verdict.reason == "SlaMissed"
     assert verdict.message == "profile answer: p95 7.41 s > limit 6 s"
@@ -39,7 +39,7 @@ def test_a_missed_profile_is_named_with_its_numbers() -> None:
 
 def test_every_missed_profile_is_listed() -> None:
     report = make_report(profile("question", 11, 12.5, 10), profile("answer", 7, 8, 6))
-    verdict = decide(report, make_spec(), metrics=None, champion=None)
+    verdict = judge(report, make_spec(), metrics=None, champion=None)
     assert verdict.problems == (
         "profile question: p95 12.5 s > limit 10 s",
         "profile answer: p95 8 s > limit 6 s",
@@ -49,30 +49,30 @@ def test_every_missed_profile_is_listed() -> None:
 def test_the_spec_percentile_is_the_one_held_to_the_limit() -> None:
     # p50 within the limit, p95 over it: passes at p50, fails at p95.
     result = profile("answer", p50=5.0, p95=7.0, limit=6)
-    assert decide(make_report(result), make_spec(ANSWER, percentile=50), None, None).passed
-    assert not decide(make_report(result), make_spec(ANSWER, percentile=95), None, None).passed
-    strict = decide(make_report(result), make_spec(ANSWER, percentile=99), None, None)
+    assert judge(make_report(result), make_spec(ANSWER, percentile=50), None, None).passed
+    assert not judge(make_report(result), make_spec(ANSWER, percentile=95), None, None).passed
+    strict = judge(make_report(result), make_spec(ANSWER, percentile=99), None, None)
     assert strict.message == "profile answer: p99 7 s > limit 6 s"
 
 
 def test_the_verdict_is_recomputed_from_the_numbers_and_the_spec_limit() -> None:
     lying = profile("answer", 5.0, 7.0, limit=100)  # the report's own limit and flag are wrong
     lying.passed = True
-    assert not decide(make_report(lying), make_spec(ANSWER), None, None).passed
+    assert not judge(make_report(lying), make_spec(ANSWER), None, None).passed
 
 
 def test_a_profile_the_report_lacks_is_not_met() -> None:
-    verdict = decide(make_report(profile("question", 1, 2, 10)), make_spec(), None, None)
+    verdict = judge(make_report(profile("question", 1, 2, 10)), make_spec(), None, None)
     assert not verdict.passed
     assert verdict.message == "profile answer: not measured"
 
 
 def test_limit_equal_to_the_percentile_passes() -> None:
-    assert decide(make_report(profile("answer", 5, 6.0, 6)), make_spec(ANSWER), None, None).passed
+    assert judge(make_report(profile("answer", 5, 6.0, 6)), make_spec(ANSWER), None, None).passed
 
 
 def test_no_profiles_means_nothing_to_miss() -> None:
-    verdict = decide(make_report(), make_spec(sla=[]), None, None)
+    verdict = judge(make_report(), make_spec(sla=[]), None, None)
     assert verdict.passed
     assert verdict.message == "no SLA profiles to meet"
 
@@ -84,7 +84,7 @@ FAST = make_report(profile("question", 1, 2, 10), profile("answer", 1, 2, 6))
 
 def test_improvement_over_base_and_champion_passes() -> None:
     metrics = Metrics(eval_loss=1.1, base_eval_loss=1.5)
-    verdict = decide(FAST, make_spec(require_improvement=True), metrics, champion(1.2))
+    verdict = judge(FAST, make_spec(require_improvement=True), metrics, champion(1.2))
     assert verdict.passed
     assert verdict.reason == "SlaMet"
     assert "eval loss 1.1 improves on the base model and ml-agent-g1's" in verdict.message
@@ -92,7 +92,7 @@ def test_improvement_over_base_and_champion_passes() -> None:
 
 def test_a_challenger_worse_than_the_champion_is_rejected_with_both_losses() -> None:
     metrics = Metrics(eval_loss=1.3, base_eval_loss=1.5)
-    verdict = decide(FAST, make_spec(require_improvement=True), metrics, champion(1.2))
+    verdict = judge(FAST, make_spec(require_improvement=True), metrics, champion(1.2))
     assert not verdict.passed
     assert verdict.reason == "NoImprovement"
     assert verdict.message == "eval loss 1.3 does not beat the current model ml-agent-g1's 1.2"
@@ -100,7 +100,7 @@ def test_a_challenger_worse_than_the_champion_is_rejected_with_both_losses() -> 
 
 def test_an_adapter_no_better_than_the_base_model_is_rejected() -> None:
     metrics = Metrics(eval_loss=1.5, base_eval_loss=1.5)
-    verdict = decide(FAST, make_spec(require_improvement=True), metrics, None)
+    verdict = judge(FAST, make_spec(require_improvement=True), metrics, None)
     assert not verdict.passed
     assert verdict.reason == "NoImprovement"
     assert verdict.message == "eval loss 1.5 does not beat the base model's 1.5"
@@ -108,22 +108,22 @@ def test_an_adapter_no_better_than_the_base_model_is_rejected() -> None:
 
 def test_without_require_improvement_a_worse_challenger_still_passes() -> None:
     metrics = Metrics(eval_loss=2.0, base_eval_loss=1.5)
-    assert decide(FAST, make_spec(), metrics, champion(1.2)).passed
+    assert judge(FAST, make_spec(), metrics, champion(1.2)).passed
 
 
 def test_missing_losses_cannot_show_an_improvement() -> None:
     spec = make_spec(require_improvement=True)
-    no_metrics = decide(FAST, spec, None, None)
+    no_metrics = judge(FAST, spec, None, None)
     assert (no_metrics.passed, no_metrics.reason) == (False, "MissingMetrics")
     assert "evalLoss" in no_metrics.message
-    no_base = decide(FAST, spec, Metrics(eval_loss=1.0), None)
+    no_base = judge(FAST, spec, Metrics(eval_loss=1.0), None)
     assert (no_base.passed, no_base.reason) == (False, "MissingMetrics")
     assert "baseEvalLoss" in no_base.message
 
 
 def test_a_champion_without_a_loss_is_not_compared() -> None:
     metrics = Metrics(eval_loss=1.1, base_eval_loss=1.5)
-    assert decide(FAST, make_spec(require_improvement=True), metrics, champion(None)).passed
+    assert judge(FAST, make_spec(require_improvement=True), metrics, champion(None)).passed
 
 
 def test_the_champion_that_is_this_run_is_not_a_rival() -> None:
@@ -131,14 +131,14 @@ def test_the_champion_that_is_this_run_is_not_a_rival() -> None:
     metrics = Metrics(eval_loss=1.1, base_eval_loss=1.5)
     spec = make_spec(require_improvement=True)
     itself = champion(1.1, version="ml-agent-g2")
-    assert decide(FAST, spec, metrics, itself, version="ml-agent-g2").passed
-    assert not decide(FAST, spec, metrics, itself, version="ml-agent-g3").passed
+    assert judge(FAST, spec, metrics, itself, version="ml-agent-g2").passed
+    assert not judge(FAST, spec, metrics, itself, version="ml-agent-g3").passed
 
 
 def test_sla_reason_wins_and_every_problem_is_listed() -> None:
     slow = make_report(profile("question", 1, 2, 10), profile("answer", 7, 8, 6))
     metrics = Metrics(eval_loss=1.3, base_eval_loss=1.5)
-    verdict = decide(slow, make_spec(require_improvement=True), metrics, champion(1.2))
+    verdict = judge(slow, make_spec(require_improvement=True), metrics, champion(1.2))
     assert verdict.reason == "SlaMissed"
     assert verdict.problems == (
         "profile answer: p95 8 s > limit 6 s",

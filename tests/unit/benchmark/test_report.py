@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from finetune_core.api import Metrics, RunConfig
-from finetune_core.gate import decide
+from finetune_core.gate import judge
 from finetune_core.layout import RunPaths
 from finetune_core.store import LocalStore
 from finetune_trainer.benchmark import profile_result
@@ -45,7 +45,7 @@ def inputs(name: str = "answer<&>", limit: float = 6.0, with_loss: bool = True) 
     report.versions = {"torch": "2.13.0"}
     report.eval_loss, report.base_eval_loss = 1.1, 1.5
     metrics = Metrics(eval_loss=1.1, base_eval_loss=1.5, dataset_sha256="f" * 64)
-    verdict = decide(report, spec, metrics, None)
+    verdict = judge(report, spec, metrics, None)
     return ReportInputs(
         run=RUN,
         config=RunConfig(namespace="ml", name="agent", generation=2, spec=spec),
