@@ -23,3 +23,12 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 def exit_for_signal(signum: int) -> int:
     """128 + the signal, as a shell reports a process it stopped: 130 for Ctrl-C."""
     return 128 + signum
+
+
+PHASE_EXIT: dict[str, int] = {
+    "Promoted": EXIT_OK,
+    "AwaitingApproval": EXIT_OK,
+    "Rejected": EXIT_REJECTED,
+    "Failed": EXIT_FAILED,
+}
+"""`finetune run`'s exit code for the phase a run settled in."""

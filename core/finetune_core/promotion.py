@@ -8,15 +8,14 @@ Promoting the same run again rewrites the same copy and leaves the alias as it i
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from finetune_core.api import BenchmarkReport, Metrics, ResolvedSpec
+from finetune_core.clock import timestamp
 from finetune_core.gate import percentile_of
 from finetune_core.layout import CurrentAlias, RunPaths, current_alias, model_key, models_dir
-from finetune_core.store import ArtifactStore
+from finetune_core.store import ArtifactStore, InvalidFile, read_model, read_model_if_valid
 
 # How many earlier versions current.json remembers (newest first).
 MAX_PREVIOUS = 10
@@ -24,11 +23,6 @@ MAX_PREVIOUS = 10
 
 class PromotionError(RuntimeError):
     """The run cannot be promoted (nothing to copy, or an unreadable alias)."""
-
-
-def timestamp(moment: datetime) -> str:
-    """RFC 3339 in UTC, seconds precision: 2026-01-31T12:00:00Z."""
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def next_alias(
@@ -146,19 +140,13 @@ def _perplexity(eval_loss: float | None) -> float | None:
     return None if eval_loss is None else math.exp(eval_loss)
 
 
-def _read_model(store: ArtifactStore, key: str, model: type[Any]) -> Any:
-    raw = store.get_json_or_none(key)
-    return None if raw is None else model.model_validate(raw)
-
-
 def read_champion(store: ArtifactStore, model: str) -> CurrentAlias | None:
     """The promoted version of a base model (models/<model>/current.json), if any."""
     key = current_alias(model)
     try:
-        champion: CurrentAlias | None = _read_model(store, key, CurrentAlias)
-    except (ValidationError, ValueError) as error:
-        raise PromotionError(f"{store.uri(key)} is not a valid alias: {error}") from error
-    return champion
+        return read_model(store, key, CurrentAlias)
+    except InvalidFile as error:
+        raise PromotionError(str(error)) from error
 
 
 def promote(
@@ -172,8 +160,8 @@ def promote(
         raise PromotionError(f"no adapter to promote at {store.uri(run.adapter)}")
     store.copy_prefix(run.report, f"{target}/report")
     uri = store.uri(target)
-    metrics: Metrics | None = _read_model(store, run.metrics, Metrics)
-    report: BenchmarkReport | None = _read_model(store, run.benchmark_report, BenchmarkReport)
+    metrics = read_model_if_valid(store, run.metrics, Metrics)
+    report = read_model_if_valid(store, run.benchmark_report, BenchmarkReport)
     card = model_card(run, spec, uri, metrics, report)
     store.put_bytes(f"{target}/README.md", card.encode(), "text/markdown")
 
@@ -182,7 +170,7 @@ def promote(
         champion,
         version=run.version,
         uri=uri,
-        promoted_at=timestamp(now or datetime.now(UTC)),
+        promoted_at=timestamp(now),
         eval_loss=metrics.eval_loss if metrics else None,
     )
     if alias is not champion:

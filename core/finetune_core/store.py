@@ -346,6 +346,16 @@ def read_model(store: ArtifactStore, key: str, model: type[M]) -> M | None:
         raise InvalidFile(f"{store.uri(key)} is not a valid {model.__name__}: {problems}") from None
 
 
+def read_model_if_valid(store: ArtifactStore, key: str, model: type[M]) -> M | None:
+    """read_model for files a stage may be half-way writing or a person may have edited: an
+    invalid file is logged and treated as absent, and the caller decides what absence means."""
+    try:
+        return read_model(store, key, model)
+    except InvalidFile as error:
+        log.warning("%s; ignored", error)
+        return None
+
+
 def split_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/a/b.jsonl` -> (`s3://bucket`, `a/b.jsonl`); `file:///d/b.jsonl` or
     `/d/b.jsonl` -> (`/d`, `b.jsonl`). ValueError names what is missing."""

@@ -1,1 +1,1 @@
-"""The finetune-operator control plane: kopf handlers, reconcile decisions, object builders."""
+"""The finetune-operator: kopf handlers, the Kubernetes executor of the lifecycle, Job builders."""

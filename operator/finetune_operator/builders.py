@@ -8,14 +8,13 @@ ever reaches a shell.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from finetune_core.api import API_VERSION, KIND, FineTuneJobSpec, ResourcesSpec
 from finetune_core.exit_codes import EXIT_INVALID_INPUT
+from finetune_core.lifecycle import StageName, stage_name
 from finetune_core.store import ENDPOINT_ENV, STORE_ENV
 from finetune_operator.settings import OperatorSettings
-
-Stage = Literal["train", "benchmark"]
 
 LABEL_JOB = "finetune.dev/job"
 LABEL_STAGE = "finetune.dev/stage"
@@ -25,25 +24,14 @@ MANAGED_BY = "finetune-operator"
 
 CONTAINER = "trainer"
 BENCHMARK_BACKOFF_LIMIT = 1
-MAX_JOB_NAME = 63  # the Job controller copies the name into a label value on its pods
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-
-_SUFFIX: dict[Stage, str] = {"train": "train", "benchmark": "bench"}
 
 # The root filesystem is read-only: HOME and the model cache live on an emptyDir.
 CACHE_DIR = "/cache"
 _MOUNTS = {"shm": "/dev/shm", "tmp": "/tmp", "cache": CACHE_DIR}
 
 
-def child_name(name: str, generation: int, stage: Stage) -> str:
-    """`<name>-g<generation>-train` or `-bench`: the same object for the same run, always."""
-    job_name = f"{name}-g{generation}-{_SUFFIX[stage]}"
-    if len(job_name) > MAX_JOB_NAME:
-        raise ValueError(f"Job name {job_name!r} is longer than {MAX_JOB_NAME} characters")
-    return job_name
-
-
-def child_labels(name: str, generation: int, stage: Stage) -> dict[str, str]:
+def child_labels(name: str, generation: int, stage: StageName) -> dict[str, str]:
     """Labels on a Job and its pods; `finetune.dev/job=<name>` selects all of a job's children."""
     return {
         LABEL_JOB: name,
@@ -66,7 +54,7 @@ def owner_reference(name: str, uid: str) -> dict[str, Any]:
 
 
 def build_job(
-    stage: Stage,
+    stage: StageName,
     *,
     name: str,
     namespace: str,
@@ -79,7 +67,7 @@ def build_job(
     """The batch/v1 Job that runs `finetune <stage> --run <run_uri>` for one generation."""
     labels = child_labels(name, generation, stage)
     metadata: dict[str, Any] = {
-        "name": child_name(name, generation, stage),
+        "name": stage_name(name, generation, stage),
         "namespace": namespace,
         "labels": labels,
     }
@@ -120,7 +108,7 @@ def _pod_failure_policy() -> dict[str, Any]:
 
 
 def _pod_spec(
-    stage: Stage, resources: ResourcesSpec, settings: OperatorSettings, run_uri: str
+    stage: StageName, resources: ResourcesSpec, settings: OperatorSettings, run_uri: str
 ) -> dict[str, Any]:
     shm_size = resources.shm_size or settings.shm_size
     pod: dict[str, Any] = {
@@ -174,7 +162,7 @@ def _placement(resources: ResourcesSpec, settings: OperatorSettings) -> dict[str
 
 
 def _container(
-    stage: Stage, resources: ResourcesSpec, settings: OperatorSettings, run_uri: str
+    stage: StageName, resources: ResourcesSpec, settings: OperatorSettings, run_uri: str
 ) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,

@@ -1,10 +1,11 @@
-"""Reconciling one FineTuneJob: observe, decide (finetune_operator.reconcile), act, record.
+"""Reconciling one FineTuneJob: observe, decide (finetune_core.lifecycle), act, record.
 
 Every kopf handler ends here. One pass reads the object and its Jobs, reads the run files
-the current step needs, asks for a decision, carries it out (delete superseded Jobs, write
-config.json and create a Job, promote), then merges the status patch and posts the Events.
-Actions come before the status that reports them, so a status never claims a Job that was
-not created; a pass interrupted anywhere is simply repeated by the next one.
+the current step needs, asks the lifecycle for a decision, carries it out (delete
+superseded Jobs, write config.json and create a Job, promote), then merges the status patch
+and posts the Events. Actions come before the status that reports them, so a status never
+claims a Job that was not created; a pass interrupted anywhere is simply repeated by the
+next one.
 """
 
 from __future__ import annotations
@@ -16,34 +17,25 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from minio.error import S3Error
-from pydantic import BaseModel, ValidationError
 
-from finetune_core.api import BenchmarkReport, Metrics, Progress, ResolvedSpec, RunConfig
-from finetune_core.layout import CurrentAlias, ErrorReport, RunPaths
-from finetune_core.promotion import PromotionError, promote, read_champion
-from finetune_core.store import ArtifactStore, StoreUnavailable, open_store
+from finetune_core.api import ResolvedSpec, RunConfig
+from finetune_core.layout import RunPaths
+from finetune_core.lifecycle import Decision, Event, Observation, RunState, decide, reads
+from finetune_core.manifest import parse_manifest
+from finetune_core.promotion import PromotionError, promote
+from finetune_core.run_files import read_run_files
+from finetune_core.store import ArtifactStore
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
 from finetune_operator.kube import Kube
-from finetune_operator.local_runs import last_checkpoint
 from finetune_operator.metrics import OperatorMetrics
-from finetune_operator.reconcile import (
-    Decision,
-    Event,
-    Observation,
-    decide,
-    reads,
-    situation,
-    termination_message,
-)
+from finetune_operator.observe import run_state, termination_message
 from finetune_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M", bound=BaseModel)
 EventPoster = Callable[[Mapping[str, Any], Event], None]
 
 # A new generation takes two passes (record the new run, then start it); more would mean
@@ -98,14 +90,14 @@ class Controller:
             self.forget(namespace, name)
             return False
         jobs = await self.kube.list_jobs(namespace, name)
-        observation = await self._observe(obj, jobs)
+        observation = await self._observe(run_state(obj, jobs))
         decision = decide(observation, datetime.now(UTC))
         if decision.promote:
             decision = decide(await self._promote(observation), datetime.now(UTC))
-        await self._carry_out(obj, observation, decision)
+        await self._carry_out(obj, observation.state, decision)
         if decision.status:
             await self.kube.patch_finetunejob_status(namespace, name, decision.status)
-        phase = decision.status.get("phase") or situation(obj).phase
+        phase = decision.status.get("phase") or observation.state.phase
         self.metrics.observe(namespace, name, phase, moved="phase" in decision.status)
         for event in decision.events:
             log.log(
@@ -121,69 +113,30 @@ class Controller:
 
     # ---------------------------------------------------------------- observe
 
-    async def _observe(self, obj: Mapping[str, Any], jobs: list[dict[str, Any]]) -> Observation:
-        meta = obj["metadata"]
-        namespace, name, generation = meta["namespace"], meta["name"], int(meta["generation"])
-        paths = RunPaths(namespace, name, generation)
-        want = reads(obj, jobs)
-        found: dict[str, Any] = {}
-        if want.progress:
-            found["progress"] = await self._read(paths.progress, Progress)
-        if want.metrics:
-            found["metrics"] = await self._read(paths.metrics, Metrics)
-        if want.report:
-            found["report"] = await self._read(paths.benchmark_report, BenchmarkReport)
-        if want.error:
-            error = await self._read(paths.error, ErrorReport)
-            if error is not None:
-                found["error"] = error.model_copy(
-                    update={"message": redact(error.message, self._secrets)}
-                )
-        if want.champion is not None:
-            found["champion"] = await self._champion(want.champion)
-        if want.checkpoints:
-            key = await asyncio.to_thread(last_checkpoint, self.store, paths)
-            found["last_checkpoint"] = self.store.uri(key) if key else None
-        if want.pods_of is not None:
-            labels = child_labels(name, generation, want.pods_of)
-            message = termination_message(await self.kube.list_pods(namespace, labels))
-            found["termination_message"] = message and redact(message, self._secrets)
-        if want.dataset is not None:
-            found["dataset_missing"] = await self._dataset_missing(want.dataset)
-        return Observation(obj=obj, jobs=jobs, run_uri=self.store.uri(paths.prefix), **found)
-
-    async def _read(self, key: str, model: type[M]) -> M | None:
-        raw = await asyncio.to_thread(self.store.get_json_or_none, key)
-        if raw is None:
-            return None
-        try:
-            return model.model_validate(raw)
-        except ValidationError as error:
-            log.warning("%s is not a valid %s; ignored: %s", key, model.__name__, error)
-            return None
-
-    async def _champion(self, model: str) -> CurrentAlias | None:
-        try:
-            return await asyncio.to_thread(read_champion, self.store, model)
-        except PromotionError as error:
-            log.warning("the current model alias is unreadable; gating without it: %s", error)
-            return None
-
-    async def _dataset_missing(self, uri: str) -> bool:
-        """Whether an s3:// dataset is certainly absent; when the check itself fails, let
-        the training pod find out and report it."""
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        try:
-            datasets = open_store(f"s3://{bucket}", self.settings.s3_endpoint)
-            return not await asyncio.to_thread(datasets.exists, key)
-        except (S3Error, StoreUnavailable) as error:
-            log.warning(
-                "could not check that %s exists: %s", uri, redact(str(error), self._secrets)
+    async def _observe(self, state: RunState) -> Observation:
+        want = reads(state)
+        paths = state.paths
+        files = await asyncio.to_thread(
+            read_run_files, self.store, paths, want, self.settings.s3_endpoint
+        )
+        if files.error is not None:
+            error = files.error.model_copy(
+                update={"message": redact(files.error.message, self._secrets)}
             )
-            return False
+            files = replace(files, error=error)
+        message = None
+        if want.failed_stage is not None:
+            labels = child_labels(state.name, state.generation, want.failed_stage)
+            message = termination_message(await self.kube.list_pods(state.namespace, labels))
+        return Observation(
+            state=state,
+            run_uri=self.store.uri(paths.prefix),
+            files=files,
+            stage_message=message and redact(message, self._secrets),
+        )
 
     async def _promote(self, observation: Observation) -> Observation:
-        s = situation(observation.obj, observation.jobs)
+        s = observation.state
         try:
             uri = await asyncio.to_thread(
                 promote, self.store, s.paths, s.resolved, datetime.now(UTC)
@@ -194,39 +147,36 @@ class Controller:
 
     # ---------------------------------------------------------------- act
 
-    async def _carry_out(
-        self, obj: Mapping[str, Any], observation: Observation, decision: Decision
-    ) -> None:
-        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    async def _carry_out(self, obj: Mapping[str, Any], s: RunState, decision: Decision) -> None:
         for job in decision.delete:
             try:
-                await self.kube.delete_job(namespace, job)
-                log.info("%s/%s: deleted Job %s of a superseded generation", namespace, name, job)
+                await self.kube.delete_job(s.namespace, job)
+                log.info(
+                    "%s/%s: deleted Job %s of a superseded generation", s.namespace, s.name, job
+                )
             except ApiException as error:  # e.g. no RBAC to delete: it runs to its end
                 log.warning(
-                    "%s/%s: could not delete Job %s: %s", namespace, name, job, error.reason
+                    "%s/%s: could not delete Job %s: %s", s.namespace, s.name, job, error.reason
                 )
         if decision.create is None:
             return
-        s = situation(obj)
-        assert s.spec is not None
         if decision.create == "train":
             await self._write_config(s.paths, s.resolved)
         manifest = build_job(
             decision.create,
-            name=name,
-            namespace=namespace,
+            name=s.name,
+            namespace=s.namespace,
             generation=s.generation,
-            uid=obj["metadata"].get("uid"),
-            spec=s.spec,
+            uid=s.uid,
+            spec=parse_manifest(obj).spec,
             settings=self.settings,
-            run_uri=observation.run_uri,
+            run_uri=self.store.uri(s.paths.prefix),
         )
         created = await self.kube.create_job(manifest)
         log.info(
             "%s/%s: %s Job %s",
-            namespace,
-            name,
+            s.namespace,
+            s.name,
             "created" if created else "found existing",
             manifest["metadata"]["name"],
         )

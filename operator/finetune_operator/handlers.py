@@ -16,10 +16,11 @@ import kopf
 from kubernetes.client import Configuration
 
 from finetune_core.api import GROUP, PLURAL, VERSION
+from finetune_core.lifecycle import Event
 from finetune_operator.builders import LABEL_JOB
 from finetune_operator.controller import Controller
 from finetune_operator.kube import load_configuration
-from finetune_operator.reconcile import Event, settled
+from finetune_operator.observe import settled
 from finetune_operator.settings import OperatorSettings
 
 FINALIZER = "finetune.dev/operator"

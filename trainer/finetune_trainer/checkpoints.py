@@ -16,7 +16,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune_core.layout import RunPaths, StoredCheckpoints, scan_checkpoints
+from finetune_core.layout import (
+    CHECKPOINT_COMPLETE_MARKER,
+    RunPaths,
+    StoredCheckpoints,
+    scan_checkpoints,
+)
 from finetune_core.store import ArtifactStore
 from finetune_trainer.uploads import BackgroundUploader
 

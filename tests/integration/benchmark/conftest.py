@@ -48,7 +48,7 @@ def run_spec(dataset: str, sla: list[dict[str, Any]], **benchmark: Any) -> dict[
 def finetune(*args: str) -> subprocess.CompletedProcess[str]:
     """The `finetune` command as a pod runs it, in a child process."""
     return subprocess.run(
-        [sys.executable, "-m", "finetune_operator.cli", *args],
+        [sys.executable, "-m", "finetune_cli", *args],
         capture_output=True,
         text=True,
         timeout=900,

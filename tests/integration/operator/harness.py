@@ -18,8 +18,9 @@ import kmock
 
 from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, Progress
 from finetune_core.layout import ErrorReport, RunPaths
+from finetune_core.lifecycle import StageName, stage_name
 from finetune_core.store import ArtifactStore
-from finetune_operator.builders import LABEL_JOB, Stage, child_labels, child_name
+from finetune_operator.builders import LABEL_JOB, child_labels
 from finetune_operator.main import operate
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.settings import OperatorSettings
@@ -60,30 +61,6 @@ def kubeconfig(server: str) -> dict[str, Any]:
         "users": [{"name": "tester", "user": {}}],
         "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
         "current-context": "emulator",
-    }
-
-
-def manifest(name: str, dataset: str, **spec: Any) -> dict[str, Any]:
-    """A small CPU job (the quickstart's shape) with spec sections replaced by `spec`."""
-    body: dict[str, Any] = {
-        "model": {"preset": "smollm2-135m"},
-        "dataset": {"uri": dataset},
-        "resources": {"gpus": 0},
-        "training": {"maxSteps": 4, "saveSteps": 2},
-        "benchmark": {
-            "samples": 5,
-            "sla": [
-                {"name": "question", "maxNewTokens": 48, "maxLatencySeconds": 10},
-                {"name": "answer", "maxNewTokens": 24, "maxLatencySeconds": 6},
-            ],
-        },
-        **spec,
-    }
-    return {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": body,
     }
 
 
@@ -226,8 +203,8 @@ class Cluster:
             f"{name} generation {generation} in phase {phase}",
         )
 
-    async def wait_for_job(self, name: str, generation: int, stage: Stage) -> dict[str, Any]:
-        job_name = child_name(name, generation, stage)
+    async def wait_for_job(self, name: str, generation: int, stage: StageName) -> dict[str, Any]:
+        job_name = stage_name(name, generation, stage)
         return await self.wait_for(lambda: self.job(job_name), f"Job {job_name}")
 
     # ---------------------------------------------------------------- the API
@@ -329,10 +306,10 @@ class Cluster:
             },
         )
 
-    async def failed_pod(self, owner: str, generation: int, stage: Stage, message: str) -> None:
+    async def failed_pod(self, owner: str, generation: int, stage: StageName, message: str) -> None:
         """A pod of the stage's Job whose container exited 1 with a termination message
         (created, then given its status, as the kubelet would)."""
-        name = f"{child_name(owner, generation, stage)}-x7k2p"
+        name = f"{stage_name(owner, generation, stage)}-x7k2p"
         await self._request(
             "POST",
             PODS_URL,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from tests.conftest import TEST_CREDENTIALS
-from tests.integration.operator.harness import Cluster, manifest
+from tests.integration.operator.harness import Cluster
+from tests.support.manifests import small_job
 
 
 async def test_invalid_spec_fails_naming_the_field_and_creates_no_job(cluster: Cluster) -> None:
-    bad = manifest("typo", cluster.dataset, lora={"r": 0}, training={"learningRate": -1})
+    bad = small_job("typo", cluster.dataset, lora={"r": 0}, training={"learningRate": -1})
     await cluster.create(bad)
 
     status = await cluster.wait_for_phase("typo", "Failed")
@@ -25,7 +26,7 @@ async def test_invalid_spec_fails_naming_the_field_and_creates_no_job(cluster: C
 
 
 async def test_relative_dataset_path_is_invalid_in_a_cluster(cluster: Cluster) -> None:
-    await cluster.create(manifest("local-path", "datasets/devassist.jsonl"))
+    await cluster.create(small_job("local-path", "datasets/devassist.jsonl"))
     await cluster.wait_for_phase("local-path", "Failed")
     assert cluster.condition("local-path", "Stalled")["message"].startswith(
         "invalid spec: spec.dataset.uri: must be an s3:// or file:// URI"
@@ -35,7 +36,7 @@ async def test_relative_dataset_path_is_invalid_in_a_cluster(cluster: Cluster) -
 
 async def test_missing_dataset_fails_before_any_job(cluster: Cluster) -> None:
     missing = cluster.store.uri("datasets/nowhere.jsonl")
-    await cluster.create(manifest("no-data", missing))
+    await cluster.create(small_job("no-data", missing))
     await cluster.wait_for_phase("no-data", "Failed")
     stalled = cluster.condition("no-data", "Stalled")
     assert stalled["reason"] == "DatasetNotFound"
@@ -44,7 +45,7 @@ async def test_missing_dataset_fails_before_any_job(cluster: Cluster) -> None:
 
 
 async def test_failed_training_reports_the_message_of_error_json(cluster: Cluster) -> None:
-    await cluster.create(manifest("broken", cluster.dataset))
+    await cluster.create(small_job("broken", cluster.dataset))
     train = await cluster.wait_for_job("broken", 1, "train")
     secret = TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
     cluster.pod_failed(
@@ -70,7 +71,7 @@ async def test_failed_training_reports_the_message_of_error_json(cluster: Cluste
 
 
 async def test_failed_training_without_error_json_reports_the_pod(cluster: Cluster) -> None:
-    await cluster.create(manifest("oom", cluster.dataset))
+    await cluster.create(small_job("oom", cluster.dataset))
     train = await cluster.wait_for_job("oom", 1, "train")
     await cluster.failed_pod("oom", 1, "train", "RuntimeError: CUDA out of memory")
     await cluster.job_failed(
@@ -86,7 +87,7 @@ async def test_failed_training_without_error_json_reports_the_pod(cluster: Clust
 
 
 async def test_benchmark_past_its_deadline_fails_with_the_job_reason(cluster: Cluster) -> None:
-    await cluster.create(manifest("late", cluster.dataset))
+    await cluster.create(small_job("late", cluster.dataset))
     run = cluster.run("late")
     train = await cluster.wait_for_job("late", 1, "train")
     cluster.pod_trained(run)

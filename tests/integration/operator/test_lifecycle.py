@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from finetune_core.api import RunConfig
 from finetune_core.layout import CurrentAlias
+from finetune_core.lifecycle import APPROVE_ANNOTATION
 from finetune_operator.builders import LABEL_JOB
-from finetune_operator.reconcile import APPROVE_ANNOTATION
-from tests.integration.operator.harness import NAMESPACE, Cluster, manifest
+from tests.integration.operator.harness import NAMESPACE, Cluster
+from tests.support.manifests import small_job
 
 
 async def test_passing_run_is_trained_benchmarked_and_promoted(cluster: Cluster) -> None:
-    await cluster.create(manifest("agent", cluster.dataset))
+    await cluster.create(small_job("agent", cluster.dataset))
     run = cluster.run("agent")
     run_uri = cluster.store.uri(run.prefix)
 
@@ -86,7 +87,7 @@ async def test_passing_run_is_trained_benchmarked_and_promoted(cluster: Cluster)
 
 
 async def test_progress_json_is_copied_into_the_status(cluster: Cluster) -> None:
-    await cluster.create(manifest("progress", cluster.dataset))
+    await cluster.create(small_job("progress", cluster.dataset))
     train = await cluster.wait_for_job("progress", 1, "train")
     cluster.pod_wrote_progress(cluster.run("progress"), step=3, total=12)
 
@@ -106,7 +107,7 @@ async def test_progress_json_is_copied_into_the_status(cluster: Cluster) -> None
 
 
 async def test_failing_report_is_rejected_naming_the_profile(cluster: Cluster) -> None:
-    await cluster.create(manifest("slow", cluster.dataset))
+    await cluster.create(small_job("slow", cluster.dataset))
     run = cluster.run("slow")
     train = await cluster.wait_for_job("slow", 1, "train")
     cluster.pod_trained(run)
@@ -127,7 +128,7 @@ async def test_failing_report_is_rejected_naming_the_profile(cluster: Cluster) -
 
 
 async def test_manual_policy_waits_for_the_approval_annotation(cluster: Cluster) -> None:
-    await cluster.create(manifest("careful", cluster.dataset, promotion={"policy": "manual"}))
+    await cluster.create(small_job("careful", cluster.dataset, promotion={"policy": "manual"}))
     run = cluster.run("careful")
     train = await cluster.wait_for_job("careful", 1, "train")
     cluster.pod_trained(run)
@@ -151,7 +152,7 @@ async def test_manual_policy_waits_for_the_approval_annotation(cluster: Cluster)
 async def test_spec_edit_starts_a_new_generation_and_records_the_old_run(
     cluster: Cluster,
 ) -> None:
-    await cluster.create(manifest("gitops", cluster.dataset))
+    await cluster.create(small_job("gitops", cluster.dataset))
     first = await cluster.wait_for_job("gitops", 1, "train")
     await cluster.job_running(first["metadata"]["name"])
     await cluster.wait_for_phase("gitops", "Training")

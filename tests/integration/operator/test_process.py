@@ -15,7 +15,8 @@ from pathlib import Path
 from finetune_core.store import S3Store
 from tests.conftest import TEST_CREDENTIALS
 from tests.integration.operator.emulator import ApiServer
-from tests.integration.operator.harness import TIMEOUT, Cluster, manifest
+from tests.integration.operator.harness import TIMEOUT, Cluster
+from tests.support.manifests import small_job
 
 
 def free_port() -> int:
@@ -47,7 +48,7 @@ async def test_operator_process_probes_metrics_and_clean_stop(
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "finetune_operator.cli",
+            "finetune_cli",
             "operator",
             env=env,
             stdout=output,
@@ -56,7 +57,7 @@ async def test_operator_process_probes_metrics_and_clean_stop(
         try:
             s3_store.put_bytes("datasets/chat.jsonl", b"{}\n")
             cluster = Cluster(api, s3_store, s3_store.uri("datasets/chat.jsonl"))
-            await cluster.create(manifest("proc", cluster.dataset))
+            await cluster.create(small_job("proc", cluster.dataset))
             await cluster.wait_for_job("proc", 1, "train")
             await cluster.wait_for_phase("proc", "Pending")
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tests.integration.operator.harness import Cluster, manifest
+from tests.integration.operator.harness import Cluster
+from tests.support.manifests import small_job
 
 
 def job_names(cluster: Cluster, owner: str) -> list[str]:
@@ -10,7 +11,7 @@ def job_names(cluster: Cluster, owner: str) -> list[str]:
 
 
 async def test_restarts_between_steps_keep_one_job_per_stage(cluster: Cluster) -> None:
-    await cluster.create(manifest("durable", cluster.dataset))
+    await cluster.create(small_job("durable", cluster.dataset))
     run = cluster.run("durable")
     train = await cluster.wait_for_job("durable", 1, "train")
     await cluster.wait_for_phase("durable", "Pending")
@@ -32,7 +33,7 @@ async def test_restarts_between_steps_keep_one_job_per_stage(cluster: Cluster) -
     await cluster.wait_for_phase("durable", "Promoted")
 
     await cluster.restart_operator()  # a settled run stays as it is
-    await cluster.create(manifest("canary", cluster.dataset))
+    await cluster.create(small_job("canary", cluster.dataset))
     await cluster.wait_for_phase("canary", "Pending")  # the operator is up and reconciling
     assert cluster.status("durable")["phase"] == "Promoted"
     assert job_names(cluster, "durable") == ["durable-g1-bench", "durable-g1-train"]
@@ -43,7 +44,7 @@ async def test_restarts_between_steps_keep_one_job_per_stage(cluster: Cluster) -
 async def test_restart_before_the_status_is_written_adopts_the_existing_job(
     cluster: Cluster,
 ) -> None:
-    await cluster.create(manifest("adopted", cluster.dataset))
+    await cluster.create(small_job("adopted", cluster.dataset))
     await cluster.wait_for_job("adopted", 1, "train")
     await cluster.wait_for_phase("adopted", "Pending")
     await cluster.stop_operator()

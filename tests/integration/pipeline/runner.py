@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 
 from tests.conftest import DEMO_DATASET, REPO
+from tests.support.cli import finetune as run_finetune
 
 QUICKSTART = REPO / "manifests" / "examples" / "quickstart.yaml"
 QUICKSTART_SLA: list[dict[str, Any]] = yaml.safe_load(QUICKSTART.read_text())["spec"]["benchmark"][
@@ -55,17 +55,8 @@ def finetune_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def finetune(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
-    """`finetune ARGS...` as a process; stdout and stderr together in .stdout."""
-    return subprocess.run(
-        [sys.executable, "-m", "finetune_operator.cli", *args],
-        cwd=cwd,
-        env=env or finetune_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """`finetune ARGS...` in `cwd` with the terminal settings above."""
+    return run_finetune(*args, cwd=cwd, env=env or finetune_env(), timeout=timeout)
 
 
 def interrupt_when(

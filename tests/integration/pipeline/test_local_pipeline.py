@@ -18,10 +18,10 @@ from typing import TypeVar
 import pytest
 from pydantic import BaseModel
 
+from finetune_cli.local.executor import approve_run
 from finetune_core.api import BenchmarkReport, FineTuneJobStatus, Metrics, Progress
 from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, CurrentAlias, RunPaths
 from finetune_core.store import ArtifactStore, LocalStore, S3Store
-from finetune_operator.local_pipeline import approve_run
 from tests.integration.pipeline.runner import (
     LIMIT_SECONDS,
     QUICKSTART_SLA,
@@ -198,7 +198,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "finetune_operator.cli",
+        "finetune_cli",
         "run",
         str(manifest),
         "--store",

@@ -7,21 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from finetune_cli.local.generations import choose_generation
+from finetune_cli.local.manifest import LocalJob, load_job
 from finetune_core.api import FineTuneJobStatus, Metrics, Progress, RunConfig
 from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, RunPaths
-from finetune_core.store import LocalStore, S3Store
-from finetune_operator.local_pipeline import LocalJob, load_job
-from finetune_operator.local_runs import (
+from finetune_core.run_files import last_checkpoint
+from finetune_core.runs import (
     RunSnapshot,
     UnknownRun,
-    last_checkpoint,
     latest_run,
     load_run,
     newest_of,
-    plan_run,
     save_status,
-    with_phase,
 )
+from finetune_core.store import LocalStore, S3Store
 from tests.integration.pipeline.runner import finetune, finetune_env, table_row, write_manifest
 
 NOW = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
@@ -59,7 +58,7 @@ def test_load_job_resolves_the_dataset_against_the_manifest(tmp_path: Path) -> N
 
 
 def test_first_run_starts_generation_one(tmp_path: Path) -> None:
-    plan = plan_run(job(tmp_path).spec, None, None)
+    plan = choose_generation(job(tmp_path).spec, None, None)
     assert (plan.generation, plan.action) == (1, "start")
 
 
@@ -68,53 +67,42 @@ def test_same_spec_unfinished_resumes_the_same_generation(
     tmp_path: Path, phase: str | None
 ) -> None:
     current = job(tmp_path)
-    plan = plan_run(current.spec, snapshot(current, 3, phase), current.dataset_sha256)
-    assert (plan.generation, plan.action) == (3, "continue")
+    plan = choose_generation(current.spec, snapshot(current, 3, phase), current.dataset_sha256)
+    assert (plan.generation, plan.action) == (3, "resume")
     assert "resuming generation 3" in plan.why
 
 
 def test_same_spec_failed_retries_the_same_generation(tmp_path: Path) -> None:
     current = job(tmp_path)
-    plan = plan_run(current.spec, snapshot(current, 2, "Failed"), None)
-    assert (plan.generation, plan.action) == (2, "continue")
+    plan = choose_generation(current.spec, snapshot(current, 2, "Failed"), None)
+    assert (plan.generation, plan.action) == (2, "resume")
     assert "retrying" in plan.why
 
 
 @pytest.mark.parametrize("phase", ["Promoted", "Rejected", "AwaitingApproval"])
 def test_same_spec_settled_is_reported_not_rerun(tmp_path: Path, phase: str) -> None:
     current = job(tmp_path)
-    plan = plan_run(current.spec, snapshot(current, 2, phase, current.dataset_sha256), None)
+    plan = choose_generation(
+        current.spec, snapshot(current, 2, phase, current.dataset_sha256), None
+    )
     assert (plan.generation, plan.action) == (2, "report")
     assert phase in plan.why and "change the spec" in plan.why
 
 
 def test_changed_spec_starts_the_next_generation(tmp_path: Path) -> None:
     before, after = job(tmp_path / "a", lr=2e-4), job(tmp_path / "b", lr=1e-4)
-    plan = plan_run(after.spec, snapshot(before, 4, "Promoted"), after.dataset_sha256)
+    plan = choose_generation(after.spec, snapshot(before, 4, "Promoted"), after.dataset_sha256)
     assert (plan.generation, plan.action) == (5, "start")
     assert "spec changed" in plan.why
 
 
 def test_dataset_edited_in_place_starts_the_next_generation(tmp_path: Path) -> None:
     current = job(tmp_path)
-    plan = plan_run(
+    plan = choose_generation(
         current.spec, snapshot(current, 1, "Promoted", "0" * 64), current.dataset_sha256
     )
     assert (plan.generation, plan.action) == (2, "start")
     assert "dataset changed" in plan.why
-
-
-def test_ready_condition_keeps_its_transition_time_until_its_status_changes() -> None:
-    status = FineTuneJobStatus(observed_generation=2)
-    training = with_phase(status, "Training", "Training", "step 1", NOW)
-    later = datetime(2026, 1, 31, 12, 5, tzinfo=UTC)
-    benchmarking = with_phase(training, "Benchmarking", "Benchmarking", "measuring", later)
-    promoted = with_phase(benchmarking, "Promoted", "Promoted", "done", later)
-    [ready] = benchmarking.conditions
-    assert (ready.status, ready.reason, ready.observed_generation) == ("False", "Benchmarking", 2)
-    assert ready.last_transition_time == "2026-01-31T12:00:00Z"
-    [ready] = promoted.conditions
-    assert (ready.status, ready.last_transition_time) == ("True", "2026-01-31T12:05:00Z")
 
 
 def test_runs_without_status_json_get_a_phase_from_their_files(
@@ -159,9 +147,7 @@ def test_newest_generation_and_checkpoint(tmp_path: Path, local_store: LocalStor
     save_status(
         local_store,
         run,
-        with_phase(
-            FineTuneJobStatus(observed_generation=2), "Training", "Training", "training", NOW
-        ),
+        FineTuneJobStatus(observed_generation=2, phase="Training", message="training"),
     )
     for step in (2, 4):
         local_store.put_bytes(f"{run.checkpoint(step)}/adapter_model.safetensors", b"weights")

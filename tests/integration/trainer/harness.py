@@ -65,7 +65,7 @@ def start_trainer(run_uri: str, env: dict[str, str], log: Path) -> subprocess.Po
     """`finetune train --run URI` in a child process, its stderr (JSON lines) into `log`."""
     with log.open("ab") as sink:
         return subprocess.Popen(
-            [sys.executable, "-m", "finetune_operator.cli", "train", "--run", run_uri],
+            [sys.executable, "-m", "finetune_cli", "train", "--run", run_uri],
             stdout=sink,
             stderr=subprocess.STDOUT,
             env=env,

@@ -84,7 +84,7 @@ def test_missing_dataset_and_missing_config(tmp_path: Path) -> None:
 
 def finetune_train(run_uri: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "finetune_operator.cli", "train", "--run", run_uri],
+        [sys.executable, "-m", "finetune_cli", "train", "--run", run_uri],
         env=trainer_env(),
         capture_output=True,
         text=True,

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from finetune_core.api import FineTuneJobSpec
-from finetune_operator.builders import Stage, build_job
+from finetune_core.lifecycle import StageName
+from finetune_operator.builders import build_job
 from finetune_operator.settings import OperatorSettings
 from tests.unit.deploy.k8s import (
     REPO,
@@ -41,7 +42,7 @@ def operator_pods() -> dict[str, PodSpec]:
     }
 
 
-def training_job(stage: Stage, resources: dict[str, Any]) -> dict[str, Any]:
+def training_job(stage: StageName, resources: dict[str, Any]) -> dict[str, Any]:
     spec = FineTuneJobSpec.model_validate(
         {
             "model": {"preset": "phi-4"},
@@ -68,7 +69,7 @@ def test_operator_pod_is_restricted(source: str) -> None:
 
 @pytest.mark.parametrize("stage", ["train", "benchmark"])
 @pytest.mark.parametrize("resources", [{"gpus": 1}, {"gpus": 0, "cpu": "4", "memory": "16Gi"}])
-def test_training_pods_are_restricted(stage: Stage, resources: dict[str, Any]) -> None:
+def test_training_pods_are_restricted(stage: StageName, resources: dict[str, Any]) -> None:
     job = training_job(stage, resources)
     assert schema_problems([job]) == []
     pod = job["spec"]["template"]["spec"]

@@ -11,7 +11,8 @@ import pytest
 
 from finetune_core.api import MAX_NAME_LENGTH, FineTuneJobSpec
 from finetune_core.exit_codes import EXIT_INVALID_INPUT
-from finetune_operator.builders import Stage, build_job, child_name
+from finetune_core.lifecycle import StageName, stage_name
+from finetune_operator.builders import build_job
 from finetune_operator.settings import OperatorSettings
 from tests.conftest import TEST_CREDENTIALS
 
@@ -50,7 +51,7 @@ def settings(**changes: Any) -> OperatorSettings:
 
 
 def job(
-    stage: Stage = "train",
+    stage: StageName = "train",
     resources: dict[str, Any] | None = None,
     uid: str | None = UID,
     config: OperatorSettings | None = None,
@@ -81,26 +82,26 @@ def container(built: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("case", RESOURCE_CASES)
 @pytest.mark.parametrize("stage", ["train", "benchmark"])
-def test_jobs_are_valid_kubernetes_objects(stage: Stage, case: str, version: str) -> None:
+def test_jobs_are_valid_kubernetes_objects(stage: StageName, case: str, version: str) -> None:
     built = job(stage, RESOURCE_CASES[case])
     assert kubernetes_validate.validate(built, version, strict=True) == version
 
 
 def test_names_are_deterministic_per_generation_and_stage() -> None:
-    assert child_name("agent1", 3, "train") == "agent1-g3-train"
-    assert child_name("agent1", 3, "benchmark") == "agent1-g3-bench"
+    assert stage_name("agent1", 3, "train") == "agent1-g3-train"
+    assert stage_name("agent1", 3, "benchmark") == "agent1-g3-bench"
     assert job("train")["metadata"]["name"] == "agent1-g3-train"
     assert job("benchmark")["metadata"]["name"] == "agent1-g3-bench"
     assert job("train")["metadata"]["namespace"] == "ml"
     assert job("train") == job("train")
     longest = "a" * MAX_NAME_LENGTH  # what manifest validation lets through
-    assert len(child_name(longest, 999_999, "train")) == 63
+    assert len(stage_name(longest, 999_999, "train")) == 63
     with pytest.raises(ValueError, match="longer than 63"):
-        child_name(longest, 1_000_000, "train")
+        stage_name(longest, 1_000_000, "train")
 
 
 @pytest.mark.parametrize("stage", ["train", "benchmark"])
-def test_labels_on_job_and_pods(stage: Stage) -> None:
+def test_labels_on_job_and_pods(stage: StageName) -> None:
     built = job(stage)
     expected = {
         "finetune.dev/job": "agent1",
@@ -128,7 +129,7 @@ def test_owner_reference_makes_the_finetunejob_the_controller() -> None:
 
 @pytest.mark.parametrize("case", RESOURCE_CASES)
 @pytest.mark.parametrize("stage", ["train", "benchmark"])
-def test_pods_are_locked_down(stage: Stage, case: str) -> None:
+def test_pods_are_locked_down(stage: StageName, case: str) -> None:
     built = job(stage, RESOURCE_CASES[case])
     spec = pod(built)
     assert spec["automountServiceAccountToken"] is False
@@ -263,7 +264,7 @@ def test_retries_and_deadlines() -> None:
 
 
 @pytest.mark.parametrize("stage", ["train", "benchmark"])
-def test_invalid_input_fails_the_job_without_retries(stage: Stage) -> None:
+def test_invalid_input_fails_the_job_without_retries(stage: StageName) -> None:
     rules = job(stage)["spec"]["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob"
     assert rules[0]["onExitCodes"] == {

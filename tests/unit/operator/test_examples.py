@@ -15,8 +15,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from finetune_cli.main import app
 from finetune_core.api import MAX_NAME_LENGTH
-from finetune_operator.cli import app
 
 from .crd_check import EXAMPLE_FILES, EXAMPLES, crd_problems
 

@@ -80,7 +80,7 @@ def run_local(
     s3_endpoint: EndpointOption = None,
 ) -> None:
     """Run the whole pipeline locally: exit 0 promoted, 2 rejected, 1 failed."""
-    from finetune_operator.local_pipeline import run_manifest
+    from finetune_cli.local.executor import run_manifest
 
     raise typer.Exit(run_manifest(manifest, store=store, endpoint=s3_endpoint))
 
@@ -88,7 +88,7 @@ def run_local(
 @app.command()
 def runs(store: StoreOption = None, s3_endpoint: EndpointOption = None) -> None:
     """List the runs in a store."""
-    from finetune_operator.local_status import list_runs
+    from finetune_cli.local.view import list_runs
 
     raise typer.Exit(list_runs(store=store, endpoint=s3_endpoint))
 
@@ -100,7 +100,7 @@ def show(
     s3_endpoint: EndpointOption = None,
 ) -> None:
     """Show one run's status and where its report is."""
-    from finetune_operator.local_status import show_run
+    from finetune_cli.local.view import show_run
 
     raise typer.Exit(show_run(name, store=store, endpoint=s3_endpoint))
 
@@ -112,7 +112,7 @@ def approve(
     s3_endpoint: EndpointOption = None,
 ) -> None:
     """Promote a local run that passed the gate and waits for approval (policy: manual)."""
-    from finetune_operator.local_pipeline import approve_run
+    from finetune_cli.local.executor import approve_run
 
     raise typer.Exit(approve_run(name, store=store, endpoint=s3_endpoint))
 

@@ -14,11 +14,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -29,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from finetune_core.api import Progress as TrainingProgress
 from finetune_core.api import ResolvedSpec
+from finetune_core.exit_codes import exit_for_signal
 from finetune_core.layout import RunPaths
 from finetune_core.store import ENDPOINT_ENV, STORE_ENV, ArtifactStore
 
@@ -54,7 +54,7 @@ class Interruption:
     @property
     def exit_code(self) -> int:
         """128 + the signal, as a shell reports it: 130 for Ctrl-C."""
-        return 128 + (self.signum or signal.SIGINT)
+        return exit_for_signal(self.signum or signal.SIGINT)
 
     @contextmanager
     def installed(self) -> Iterator[Interruption]:
@@ -179,21 +179,32 @@ class BenchmarkWatcher(Watcher):
             self.display.update(task, description=name, completed=event["sample"])
 
 
-class Stage:
-    """One `finetune <name> --run URI` child, its output going to a log file (and its last
-    lines kept for the failure message)."""
+class StageProcess:
+    """One `finetune <stage> --run URI` child: started, polled and, on request, stopped;
+    its output goes to a log file (its last lines kept for the failure message) and its
+    progress to the watcher's display."""
 
-    def __init__(self, name: str, run_uri: str, env: dict[str, str], log_path: Path):
-        self.name = name
-        self.command = [sys.executable, "-m", "finetune_operator.cli", name, "--run", run_uri]
+    def __init__(
+        self,
+        command: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        watcher: Watcher,
+        on_exit: Callable[[StageProcess, int], None] | None = None,
+    ):
+        self.command = command
         self.env = env
         self.log_path = log_path
+        self.watcher = watcher
+        self.on_exit = on_exit
         self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self.code: int | None = None
 
-    def run(self, watcher: Watcher, interruption: Interruption) -> int | None:
-        """Run to the end (the exit code) or until interrupted (None, after stopping it)."""
+    def start(self) -> None:
         with sigint_ignored():
-            process = subprocess.Popen(
+            self._process = subprocess.Popen(
                 self.command,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -202,33 +213,27 @@ class Stage:
                 text=True,
                 errors="replace",
             )
-        reader = threading.Thread(target=self._read, args=(process, watcher), daemon=True)
-        reader.start()
-        code: int | None = None
-        with watcher.display:
-            while (code := process.poll()) is None and not interruption.count:
-                watcher.refresh()
-                time.sleep(POLL_SECONDS)
-            if code is None:
-                watcher.display.console.print(f"Stopping {self.name}: it saves its state first...")
-                self._stop(process, interruption)
-            watcher.refresh()
-        reader.join(timeout=10)
+        self._reader = threading.Thread(target=self._read, args=(self._process,), daemon=True)
+        self._reader.start()
+        self.watcher.display.start()
+
+    def poll(self) -> int | None:
+        """The exit code once it ended, else None (and the display refreshed)."""
+        if self.code is not None:
+            return self.code
+        assert self._process is not None
+        code = self._process.poll()
+        self.watcher.refresh()
+        if code is not None:
+            self._finish(code)
         return code
 
-    def _read(self, process: subprocess.Popen[str], watcher: Watcher) -> None:
-        assert process.stdout is not None
-        with self.log_path.open("w", encoding="utf-8") as log:
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                self.tail.append(line.rstrip("\n"))
-                watcher.on_line(line)
-
-    @staticmethod
-    def _stop(process: subprocess.Popen[str], interruption: Interruption) -> None:
+    def stop(self, interruption: Interruption) -> int:
         """SIGTERM, then wait for the child to save and exit; kill it after the grace period
         or on another Ctrl-C."""
+        assert self._process is not None
+        process = self._process
+        self.watcher.display.console.print("Stopping the stage: it saves its state first...")
         process.send_signal(signal.SIGTERM)
         seen = interruption.count
         deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -236,6 +241,27 @@ class Stage:
             if interruption.count > seen or time.monotonic() > deadline:
                 process.kill()
             time.sleep(0.1)
+        code = process.wait()
+        self._finish(code)
+        return code
+
+    def _finish(self, code: int) -> None:
+        self.code = code
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        self.watcher.refresh()
+        self.watcher.display.stop()
+        if self.on_exit is not None:
+            self.on_exit(self, code)
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        with self.log_path.open("w", encoding="utf-8") as log:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                self.tail.append(line.rstrip("\n"))
+                self.watcher.on_line(line)
 
 
 def stage_env(store: ArtifactStore, endpoint: str | None) -> dict[str, str]:

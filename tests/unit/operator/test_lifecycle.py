@@ -1,4 +1,5 @@
-"""The reconcile decisions, phase by phase, without any server."""
+"""The lifecycle's decisions for FineTuneJobs and Jobs as read from the API, phase by phase,
+without any server."""
 
 from __future__ import annotations
 
@@ -10,23 +11,23 @@ import pytest
 
 from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, Progress
 from finetune_core.layout import CurrentAlias, ErrorReport
-from finetune_operator.builders import LABEL_JOB, Stage, child_name
-from finetune_operator.reconcile import (
+from finetune_core.lifecycle import (
     APPROVE_ANNOTATION,
     NOTHING,
     RUN_HISTORY,
     Decision,
     Observation,
     Reads,
+    RunFiles,
+    StageName,
     Step,
     decide,
-    job_state,
-    reads,
-    settled,
-    situation,
-    termination_message,
+    merge_patch,
+    stage_name,
 )
-from tests.integration.operator.emulator import merge_patch
+from finetune_core.lifecycle import reads as lifecycle_reads
+from finetune_operator.builders import LABEL_JOB
+from finetune_operator.observe import run_state, settled, stage_state, termination_message
 
 NAME = "agent"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -75,7 +76,7 @@ def ftj(
 
 
 def job(
-    stage: Stage,
+    stage: StageName,
     generation: int = 1,
     outcome: str = "running",
     ready: bool = False,
@@ -100,14 +101,30 @@ def job(
             ],
         }
     return {
-        "metadata": {"name": child_name(NAME, generation, stage), "labels": {LABEL_JOB: NAME}},
+        "metadata": {"name": stage_name(NAME, generation, stage), "labels": {LABEL_JOB: NAME}},
         "status": status,
     }
 
 
+OUTCOMES = {"promoted_uri", "promotion_error"}
+
+
 def observe(obj: dict[str, Any], *jobs: dict[str, Any], **found: Any) -> Observation:
+    """What the controller would observe: the object and its Jobs, and the files found (a
+    termination_message is the failed stage's pod message)."""
     generation = obj["metadata"]["generation"]
-    return Observation(obj=obj, jobs=jobs, run_uri=run_uri(generation), **found)
+    outcomes = {key: found.pop(key) for key in OUTCOMES & found.keys()}
+    return Observation(
+        state=run_state(obj, jobs),
+        run_uri=run_uri(generation),
+        files=RunFiles(**{k: v for k, v in found.items() if k != "termination_message"}),
+        stage_message=found.get("termination_message"),
+        **outcomes,
+    )
+
+
+def reads(obj: dict[str, Any], jobs: list[dict[str, Any]]) -> Reads:
+    return lifecycle_reads(run_state(obj, jobs))
 
 
 def applied(obj: dict[str, Any], decision: Decision) -> dict[str, Any]:
@@ -192,10 +209,10 @@ METRICS = Metrics(train_loss=1.4, eval_loss=1.21, base_eval_loss=1.9)
 
 
 def test_job_state_follows_the_job_controllers_conditions() -> None:
-    assert job_state(job("train")).outcome == "running"
-    assert job_state(job("train", ready=True)).ready
-    assert job_state(job("train", outcome="succeeded")).outcome == "succeeded"
-    failed = job_state(job("train", outcome="failed", reason="DeadlineExceeded", message="late"))
+    assert stage_state(job("train")).outcome == "running"
+    assert stage_state(job("train", ready=True)).ready
+    assert stage_state(job("train", outcome="succeeded")).outcome == "succeeded"
+    failed = stage_state(job("train", outcome="failed", reason="DeadlineExceeded", message="late"))
     assert (failed.outcome, failed.reason, failed.message) == ("failed", "DeadlineExceeded", "late")
 
 
@@ -500,7 +517,7 @@ def test_manual_policy_waits_for_the_annotation() -> None:
     uri = "s3://finetune/models/smollm2-135m/ml-agent-g1"
     promoted = decide(observe(waiting, promoted_uri=uri), LATER)
     assert promoted.status["phase"] == "Promoted"
-    assert promoted.status["message"].startswith("approved by annotation")
+    assert promoted.status["message"] == f"approved; promoted to {uri}"
 
 
 def test_approval_given_in_advance_promotes_at_once() -> None:
@@ -674,5 +691,5 @@ def test_conditions_keep_their_transition_time_while_their_status_holds() -> Non
 def test_nothing_happens_to_an_object_being_deleted() -> None:
     obj = at_phase("Training")
     obj["metadata"]["deletionTimestamp"] = "2026-03-01T11:00:00Z"
-    assert situation(obj, [job("train", outcome="succeeded")]).step is Step.SETTLED
+    assert run_state(obj, [job("train", outcome="succeeded")]).step is Step.SETTLED
     assert decide(observe(obj, job("train", outcome="succeeded")), NOW) == NOTHING

@@ -1,11 +1,18 @@
-"""What to do next with one FineTuneJob: pure decisions over what was observed, no I/O.
+"""The lifecycle of a FineTuneJob run: the one place that knows what happens next.
 
-The controller reads the object and its Jobs, asks `reads` which run files and pods matter
-now, reads them, and calls `decide`. It then carries the decision out (delete superseded
-Jobs, create a Job, promote), merges `Decision.status` into .status and posts
-`Decision.events`. A decision depends only on what was observed, never on the operator's
-memory, so an operator restarted at any moment resumes where the run stands; Job names are
-deterministic, so asking for a Job that already exists is harmless.
+Given what an executor observed (the job's validated spec, its recorded status, the state
+of its two stages, and the run files the current step needs), `decide` returns the next
+actions and the new status. Two executors carry decisions out:
+
+- the operator (finetune_operator.controller): a stage is a batch/v1 Job, the status lives
+  in the FineTuneJob's .status, an Event is a Kubernetes Event;
+- `finetune run` (finetune_cli.local): a stage is a child process, the status lives in the
+  run's status.json, an Event is a console line.
+
+Both therefore set the same phases, conditions, reasons and messages for the same
+situation. A decision depends only on what was observed, never on an executor's memory,
+so an executor restarted at any moment resumes where the run stands; stage names are
+deterministic, so asking for a stage that already exists is harmless.
 """
 
 from __future__ import annotations
@@ -13,45 +20,70 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from finetune_core import gate
 from finetune_core.api import (
-    DATASET_SCHEMES,
+    ACTIVE_PHASES,
+    SETTLED_PHASES,
     TERMINAL_PHASES,
     Artifacts,
     BenchmarkReport,
     Condition,
-    FineTuneJobSpec,
     FineTuneJobStatus,
     Metrics,
     Phase,
     Progress,
+    Reason,
     ResolvedSpec,
     RunRecord,
 )
+from finetune_core.clock import timestamp
 from finetune_core.layout import CurrentAlias, ErrorReport, RunPaths, model_key
-from finetune_core.manifest import InvalidManifest, Problem, parse_manifest
-from finetune_operator.builders import Stage, child_name
+from finetune_core.manifest import Problem
 
+StageName = Literal["train", "benchmark"]
+STAGES: tuple[StageName, ...] = ("train", "benchmark")
 APPROVE_ANNOTATION = "finetune.dev/approve"
 RUN_HISTORY = 5
 MAX_MESSAGE = 2000
-ACTIVE_PHASES: frozenset[str] = frozenset({"Validating", "Pending", "Training", "Benchmarking"})
-# Which error.json stages explain a failed Job: the trainer checks its input ("validate")
+MAX_STAGE_NAME = 63  # the Job controller copies a Job's name into a label value on its pods
+_SUFFIX: dict[StageName, str] = {"train": "train", "benchmark": "bench"}
+# Which error.json stages explain a failed stage: the trainer checks its input ("validate")
 # before it trains. A stale error.json from a retried, then successful, pod is ignored.
-ERROR_STAGES: dict[Stage, frozenset[str]] = {
+ERROR_STAGES: dict[StageName, frozenset[str]] = {
     "train": frozenset({"validate", "train"}),
     "benchmark": frozenset({"benchmark"}),
 }
 
 
+def stage_name(name: str, generation: int, stage: StageName) -> str:
+    """`<name>-g<generation>-train` or `-bench`: the same stage for the same run, always (the
+    Job's name in a cluster, the process's name locally)."""
+    full = f"{name}-g{generation}-{_SUFFIX[stage]}"
+    if len(full) > MAX_STAGE_NAME:
+        raise ValueError(f"stage name {full!r} is longer than {MAX_STAGE_NAME} characters")
+    return full
+
+
+@dataclass(frozen=True)
+class StageState:
+    """One stage as far as the run cares: running (ready once its process or pod runs),
+    succeeded or failed (and why)."""
+
+    name: str
+    outcome: Literal["running", "succeeded", "failed"]
+    ready: bool = False
+    reason: str = ""
+    message: str = ""
+
+
 class Step(Enum):
-    """Where a run stands, from the recorded status and the observed Jobs."""
+    """Where a run stands, from the recorded status and the observed stages."""
 
     INVALID = "invalid"  # the spec does not validate
     NEW_RUN = "new-run"  # metadata.generation is not the one the status describes
@@ -62,93 +94,60 @@ class Step(Enum):
     TRAINING = "training"
     TRAINING_FAILED = "training-failed"
     TRAINED = "trained"
-    TRAINING_JOB_DELETED = "training-job-deleted"
+    TRAINING_STAGE_LOST = "training-stage-lost"
     BENCHMARKING = "benchmarking"
     BENCHMARK_FAILED = "benchmark-failed"
     BENCHMARKED = "benchmarked"
-    BENCHMARK_JOB_DELETED = "benchmark-job-deleted"
+    BENCHMARK_STAGE_LOST = "benchmark-stage-lost"
 
 
 @dataclass(frozen=True)
-class JobState:
-    """A batch/v1 Job as far as the run cares: running, succeeded or failed (and why)."""
-
-    name: str
-    outcome: Literal["running", "succeeded", "failed"]
-    ready: bool = False
-    reason: str = ""
-    message: str = ""
-
-
-def job_state(job: Mapping[str, Any]) -> JobState:
-    """Read a Job's outcome from its conditions, as the Job controller sets them."""
-    status = job.get("status") or {}
-    true = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
-    name = job["metadata"]["name"]
-    if "Complete" in true:
-        return JobState(name, "succeeded")
-    if "Failed" in true:
-        failed = true["Failed"]
-        return JobState(
-            name,
-            "failed",
-            reason=failed.get("reason") or "JobFailed",
-            message=failed.get("message") or "",
-        )
-    return JobState(name, "running", ready=(status.get("ready") or 0) > 0)
-
-
-def cluster_problems(spec: FineTuneJobSpec) -> list[Problem]:
-    """A pod reads URIs only: the manifest-relative paths `finetune run` accepts mean
-    nothing in a cluster."""
-    uris = [("spec.dataset.uri", spec.dataset.uri)] + [
-        (f"spec.benchmark.sla[{index}].prompts", profile.prompts)
-        for index, profile in enumerate(spec.benchmark.sla)
-        if profile.prompts is not None
-    ]
-    return [
-        Problem(
-            path,
-            "must be an s3:// or file:// URI in a cluster (relative paths work only "
-            "with `finetune run`)",
-        )
-        for path, uri in uris
-        if not uri.startswith(DATASET_SCHEMES)
-    ]
-
-
-@dataclass(frozen=True)
-class Situation:
-    """The object, its validated spec and its Jobs, interpreted once."""
+class RunState:
+    """A job, its validated spec (or the problems with it), its recorded status and the state
+    of this generation's stages, as an executor observed them."""
 
     namespace: str
     name: str
     generation: int
-    status: FineTuneJobStatus
-    raw_status: Mapping[str, Any]
-    spec: FineTuneJobSpec | None
-    problems: tuple[Problem, ...]
-    approved: bool
-    deleting: bool
-    train: JobState | None
-    bench: JobState | None
-    superseded: tuple[str, ...]  # unfinished Jobs of other generations
+    spec: ResolvedSpec | None  # None when the spec is invalid
+    gpus: int = 0
+    problems: tuple[Problem, ...] = ()
+    raw_status: Mapping[str, Any] = field(default_factory=dict)
+    approved: bool = False
+    deleting: bool = False
+    train: StageState | None = None
+    bench: StageState | None = None
+    superseded: tuple[str, ...] = ()  # unfinished stages of other generations
+    uid: str | None = None  # the object's identity (metadata.uid in a cluster)
+
+    @property
+    def status(self) -> FineTuneJobStatus:
+        return parse_status(self.raw_status)
 
     @property
     def phase(self) -> str | None:
         """The phase of this generation's run; None before the run is recorded."""
-        if self.status.observed_generation != self.generation:
+        status = self.status
+        if status.observed_generation != self.generation:
             return None
-        return self.status.phase
+        return status.phase
 
     @property
     def resolved(self) -> ResolvedSpec:
         assert self.spec is not None
-        return self.spec.resolve()
+        return self.spec
 
     @property
     def paths(self) -> RunPaths:
         return RunPaths(self.namespace, self.name, self.generation)
+
+    def stage(self, stage: StageName) -> StageState | None:
+        return self.train if stage == "train" else self.bench
+
+    @property
+    def settled(self) -> bool:
+        """Nothing can change without a new event (spec edit, approval): no need to poll."""
+        return self.step in (Step.SETTLED, Step.AWAITING_APPROVAL)
 
     @property
     def step(self) -> Step:
@@ -167,9 +166,9 @@ class Situation:
                 "succeeded": Step.BENCHMARKED,
                 "failed": Step.BENCHMARK_FAILED,
             }[self.bench.outcome]
-        # The status moves to Benchmarking only after the benchmark Job was created.
+        # The status moves to Benchmarking only after the benchmark stage was started.
         if phase == "Benchmarking":
-            return Step.BENCHMARK_JOB_DELETED
+            return Step.BENCHMARK_STAGE_LOST
         if self.train is not None:
             return {
                 "running": Step.TRAINING,
@@ -177,56 +176,16 @@ class Situation:
                 "failed": Step.TRAINING_FAILED,
             }[self.train.outcome]
         if phase in ("Pending", "Training"):
-            return Step.TRAINING_JOB_DELETED
+            return Step.TRAINING_STAGE_LOST
         return Step.START_TRAINING
 
 
-def situation(obj: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]] = ()) -> Situation:
-    """Interpret a FineTuneJob (as read from the API) and the Jobs labelled with its name."""
-    meta = obj.get("metadata") or {}
-    name, generation = meta.get("name", ""), int(meta.get("generation") or 1)
-    spec, problems = None, []
+def parse_status(raw: Mapping[str, Any]) -> FineTuneJobStatus:
+    """A recorded status; one edited beyond repair starts the record afresh."""
     try:
-        spec = parse_manifest(obj).spec
-        problems = cluster_problems(spec)
-    except InvalidManifest as invalid:
-        problems = invalid.problems
-    raw_status = obj.get("status") or {}
-    try:
-        status = FineTuneJobStatus.model_validate(raw_status)
-    except ValidationError:  # hand-edited beyond repair: start the record afresh
-        status = FineTuneJobStatus()
-    states = {job["metadata"]["name"]: job_state(job) for job in jobs}
-    train_name, bench_name = (
-        child_name(name, generation, "train"),
-        child_name(name, generation, "benchmark"),
-    )
-    superseded = tuple(
-        sorted(
-            job_name
-            for job_name, state in states.items()
-            if job_name not in (train_name, bench_name) and state.outcome == "running"
-        )
-    )
-    return Situation(
-        namespace=meta.get("namespace", ""),
-        name=name,
-        generation=generation,
-        status=status,
-        raw_status=raw_status,
-        spec=spec,
-        problems=tuple(problems),
-        approved=(meta.get("annotations") or {}).get(APPROVE_ANNOTATION) == "true",
-        deleting=bool(meta.get("deletionTimestamp")),
-        train=states.get(train_name),
-        bench=states.get(bench_name),
-        superseded=superseded,
-    )
-
-
-def settled(obj: Mapping[str, Any]) -> bool:
-    """Nothing can change without a new event (spec edit, annotation): no need to poll."""
-    return situation(obj).step in (Step.SETTLED, Step.AWAITING_APPROVAL)
+        return FineTuneJobStatus.model_validate(raw)
+    except ValueError:
+        return FineTuneJobStatus()
 
 
 # ------------------------------------------------------------------ observation
@@ -234,7 +193,7 @@ def settled(obj: Mapping[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class Reads:
-    """What the controller should read before deciding, for the run's current step."""
+    """What an executor should read before deciding, for the run's current step."""
 
     progress: bool = False
     metrics: bool = False
@@ -242,65 +201,52 @@ class Reads:
     error: bool = False
     checkpoints: bool = False
     champion: str | None = None  # model key whose current.json to read
-    pods_of: Stage | None = None  # the failed stage whose pods' termination messages to read
+    failed_stage: StageName | None = None  # whose own last words (pod messages) to read
     dataset: str | None = None  # s3:// URI whose existence to check before training
 
 
-def reads(obj: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]]) -> Reads:
-    s = situation(obj, jobs)
-    match s.step:
-        case Step.START_TRAINING if s.resolved.dataset.uri.startswith("s3://"):
-            return Reads(dataset=s.resolved.dataset.uri)
+def reads(state: RunState) -> Reads:
+    match state.step:
+        case Step.START_TRAINING if state.resolved.dataset.uri.startswith("s3://"):
+            return Reads(dataset=state.resolved.dataset.uri)
         case Step.TRAINING:
             return Reads(progress=True, checkpoints=True)
         case Step.TRAINED:
             return Reads(progress=True, metrics=True, checkpoints=True)
         case Step.TRAINING_FAILED:
-            return Reads(progress=True, error=True, pods_of="train")
-        case Step.BENCHMARKING if s.phase != "Benchmarking":
+            return Reads(progress=True, error=True, failed_stage="train")
+        case Step.BENCHMARKING if state.phase != "Benchmarking":
             return Reads(progress=True, metrics=True, checkpoints=True)
         case Step.BENCHMARKED:
-            return Reads(metrics=True, report=True, champion=model_key(s.resolved))
+            return Reads(metrics=True, report=True, champion=model_key(state.resolved))
         case Step.BENCHMARK_FAILED:
-            return Reads(error=True, pods_of="benchmark")
+            return Reads(error=True, failed_stage="benchmark")
     return Reads()
 
 
 @dataclass(frozen=True)
-class Observation:
-    """The FineTuneJob, its Jobs and whatever `reads` asked for."""
+class RunFiles:
+    """What `reads` asked for, as found in the store."""
 
-    obj: Mapping[str, Any]
-    jobs: Sequence[Mapping[str, Any]] = ()
-    run_uri: str = ""  # the store's URI of this generation's run directory
     progress: Progress | None = None
     metrics: Metrics | None = None
     report: BenchmarkReport | None = None
     error: ErrorReport | None = None
-    termination_message: str | None = None
     champion: CurrentAlias | None = None
     last_checkpoint: str | None = None  # URI
     dataset_missing: bool = False
-    promoted_uri: str | None = None  # set once the controller has promoted the run
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The run's state, its files, and the outcome of any promotion just carried out."""
+
+    state: RunState
+    run_uri: str = ""  # the store's URI of this generation's run directory
+    files: RunFiles = field(default_factory=RunFiles)
+    stage_message: str | None = None  # the failed stage's own last words (pod message)
+    promoted_uri: str | None = None  # set once the executor has promoted the run
     promotion_error: str | None = None
-
-
-def termination_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """Why the newest failed container of a Job's pods stopped: its termination message
-    (the error, or the log tail with FallbackToLogsOnError), else its reason and code."""
-    found: list[tuple[str, str]] = []
-    for pod in pods:
-        for container in (pod.get("status") or {}).get("containerStatuses") or []:
-            for state in (container.get("state"), container.get("lastState")):
-                terminated = (state or {}).get("terminated")
-                if not terminated or not terminated.get("exitCode"):
-                    continue
-                message = (terminated.get("message") or "").strip() or (
-                    f"container {terminated.get('reason') or 'terminated'} "
-                    f"(exit code {terminated['exitCode']})"
-                )
-                found.append((terminated.get("finishedAt") or "", message))
-    return max(found)[1] if found else None
 
 
 def with_percent(progress: Progress) -> Progress:
@@ -315,7 +261,7 @@ def with_percent(progress: Progress) -> Progress:
 
 @dataclass(frozen=True)
 class Event:
-    """A Kubernetes Event on the FineTuneJob."""
+    """Something a person should hear of: a Kubernetes Event, or a console line."""
 
     type: Literal["Normal", "Warning"]
     reason: str
@@ -324,12 +270,12 @@ class Event:
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do, then what to record. `status` is a merge patch of .status (empty: no
+    """What to do, then what to record. `status` is a merge patch of the status (empty: no
     change); `requeue` asks for another observe-decide pass right away."""
 
     status: dict[str, Any] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
-    create: Stage | None = None
+    create: StageName | None = None
     delete: tuple[str, ...] = ()
     promote: bool = False
     requeue: bool = False
@@ -338,13 +284,9 @@ class Decision:
 NOTHING = Decision()
 
 
-def timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def decide(obs: Observation, now: datetime) -> Decision:
     """The next step of the run, given everything observed."""
-    s = situation(obs.obj, obs.jobs)
+    s = obs.state
     at = timestamp(now)
     match s.step:
         case Step.SETTLED | Step.AWAITING_APPROVAL:
@@ -361,37 +303,56 @@ def decide(obs: Observation, now: datetime) -> Decision:
             return _trained(s, obs, at)
         case Step.TRAINING_FAILED:
             assert s.train is not None
-            return _job_failed(s, obs, at, "train", s.train)
+            return _stage_failed(s, obs, at, "train", s.train)
         case Step.BENCHMARKING:
             return _benchmarking(s, obs, at)
         case Step.BENCHMARKED:
             return _gate(s, obs, at)
         case Step.BENCHMARK_FAILED:
             assert s.bench is not None
-            return _job_failed(s, obs, at, "benchmark", s.bench)
+            return _stage_failed(s, obs, at, "benchmark", s.bench)
         case Step.APPROVED:
-            return _promote(s, obs, at, "approved by annotation " + APPROVE_ANNOTATION)
-        case Step.TRAINING_JOB_DELETED | Step.BENCHMARK_JOB_DELETED:
-            stage: Stage = "train" if s.step is Step.TRAINING_JOB_DELETED else "benchmark"
-            job = child_name(s.name, s.generation, stage)
+            return _promote(s, obs, at, "approved")
+        case Step.TRAINING_STAGE_LOST | Step.BENCHMARK_STAGE_LOST:
+            stage: StageName = "train" if s.step is Step.TRAINING_STAGE_LOST else "benchmark"
+            job = stage_name(s.name, s.generation, stage)
             return _fail(
-                s, at, "JobDeleted", f"{stage} failed: Job {job} was deleted before it finished"
+                s,
+                at,
+                Reason.JOB_DELETED,
+                f"{stage} failed: Job {job} was deleted before it finished",
             )
     raise AssertionError(s.step)  # pragma: no cover
 
 
-def _new_run(s: Situation, obs: Observation, at: str) -> Decision:
-    """A new generation: record the previous run, stop its Jobs, start validating."""
+def resume(state: RunState, now: datetime, why: str) -> Decision:
+    """Take an unfinished or failed run up again (a local re-run): back to Validating, from
+    where the stages that have not succeeded run again."""
+    return _move(state, timestamp(now), "Validating", Reason.RESUMED, why, requeue=True)
+
+
+def interrupted(
+    state: RunState, now: datetime, message: str, progress: Progress | None
+) -> Decision:
+    """The executor stopped a stage on request (Ctrl-C): the phase stays, the message says
+    how to go on."""
+    phase = cast(Phase, state.phase or "Pending")
+    assert phase not in SETTLED_PHASES
+    fields = {"progress": _wire(with_percent(progress))} if progress else {}
+    return _move(state, timestamp(now), phase, Reason.INTERRUPTED, message, fields, warning=True)
+
+
+def _new_run(s: RunState, obs: Observation, at: str) -> Decision:
+    """A new generation: record the previous run, stop its stages, start validating."""
     spec = s.resolved
     message = f"generation {s.generation}: fine-tuning {spec.model_id} on {spec.dataset.uri}"
     patch = {**_new_run_fields(s, obs, at), "model": spec.model_id}
-    events = [Event("Normal", "RunStarted", message)]
-    assert s.spec is not None
-    if s.spec.resources.gpus > 0 and spec.lora_dropout != 0:
+    events = [Event("Normal", Reason.RUN_STARTED, message)]
+    if s.gpus > 0 and spec.lora_dropout != 0:
         events.append(
             Event(
                 "Normal",
-                "SlowLoraPath",
+                Reason.SLOW_LORA_PATH,
                 f"lora.dropout is {spec.lora_dropout}: "
                 "unsloth takes its slower path (0 enables its fast kernels)",
             )
@@ -400,7 +361,7 @@ def _new_run(s: Situation, obs: Observation, at: str) -> Decision:
         s,
         at,
         "Validating",
-        "RunStarted",
+        Reason.RUN_STARTED,
         message,
         patch,
         events=events,
@@ -409,10 +370,11 @@ def _new_run(s: Situation, obs: Observation, at: str) -> Decision:
     )
 
 
-def _new_run_fields(s: Situation, obs: Observation, at: str) -> dict[str, Any]:
+def _new_run_fields(s: RunState, obs: Observation, at: str) -> dict[str, Any]:
     """Clear what described the previous generation's run and archive it in status.runs."""
-    previous = _record(s.status, at)
-    runs = [previous, *s.status.runs] if previous is not None else s.status.runs
+    status = s.status
+    previous = _record(status, at)
+    runs = [previous, *status.runs] if previous is not None else status.runs
     return {
         "startedAt": at,
         "runs": [r.to_wire() for r in runs[:RUN_HISTORY]],
@@ -444,102 +406,105 @@ def _record(status: FineTuneJobStatus, at: str) -> RunRecord | None:
     )
 
 
-def _invalid(s: Situation, obs: Observation, at: str) -> Decision:
+def _invalid(s: RunState, obs: Observation, at: str) -> Decision:
     message = "invalid spec: " + "; ".join(str(problem) for problem in s.problems)
     fields: dict[str, Any] = {}
     delete: tuple[str, ...] = ()
     if s.phase is None:
         fields = _new_run_fields(s, obs, at)
         delete = s.superseded
-    return _move(s, at, "Failed", "InvalidSpec", message, fields, warning=True, delete=delete)
+    return _move(s, at, "Failed", Reason.INVALID_SPEC, message, fields, warning=True, delete=delete)
 
 
-def _start_training(s: Situation, obs: Observation, at: str) -> Decision:
-    if obs.dataset_missing:
+def _start_training(s: RunState, obs: Observation, at: str) -> Decision:
+    if obs.files.dataset_missing:
         uri = s.resolved.dataset.uri
-        return _fail(s, at, "DatasetNotFound", f"spec.dataset.uri: {uri} does not exist")
-    job = child_name(s.name, s.generation, "train")
+        return _fail(s, at, Reason.DATASET_NOT_FOUND, f"spec.dataset.uri: {uri} does not exist")
+    job = stage_name(s.name, s.generation, "train")
     return _move(
         s,
         at,
         "Pending",
-        "JobCreated",
+        Reason.JOB_CREATED,
         f"created training Job {job}; waiting for its pod to start",
         create="train",
     )
 
 
-def _training(s: Situation, obs: Observation, at: str) -> Decision:
-    """Pending until the pod runs; then Training, also while a failed pod is retried."""
+def _training(s: RunState, obs: Observation, at: str) -> Decision:
+    """Pending until the stage runs; then Training, also while a failed pod is retried."""
     assert s.train is not None
+    progress = obs.files.progress
     fields = {
-        "progress": _wire(with_percent(obs.progress)) if obs.progress else None,
+        "progress": _wire(with_percent(progress)) if progress else None,
         "artifacts": _wire(_artifacts(s, obs)),
     }
-    started = s.train.ready or obs.progress is not None or s.phase == "Training"
+    started = s.train.ready or progress is not None or s.phase == "Training"
     if s.phase == ("Training" if started else "Pending"):
         return _refresh(s, fields)
     if started:
         message = f"training pod of Job {s.train.name} is running"
-        return _move(s, at, "Training", "TrainingStarted", message, fields)
+        return _move(s, at, "Training", Reason.TRAINING_STARTED, message, fields)
     message = f"created training Job {s.train.name}; waiting for its pod to start"
-    return _move(s, at, "Pending", "JobCreated", message, fields)
+    return _move(s, at, "Pending", Reason.JOB_CREATED, message, fields)
 
 
-def _trained(s: Situation, obs: Observation, at: str) -> Decision:
-    job = child_name(s.name, s.generation, "benchmark")
-    loss = obs.metrics.eval_loss if obs.metrics else None
+def _trained(s: RunState, obs: Observation, at: str) -> Decision:
+    job = stage_name(s.name, s.generation, "benchmark")
+    metrics = obs.files.metrics
+    loss = metrics.eval_loss if metrics else None
     done = "training finished" + ("" if loss is None else f" (eval loss {gate.loss(loss)})")
     return _move(
         s,
         at,
         "Benchmarking",
-        "BenchmarkStarted",
+        Reason.BENCHMARK_STARTED,
         f"{done}; created benchmark Job {job}",
         _trained_fields(s, obs),
         create="benchmark",
     )
 
 
-def _trained_fields(s: Situation, obs: Observation) -> dict[str, Any]:
+def _trained_fields(s: RunState, obs: Observation) -> dict[str, Any]:
     artifacts = _artifacts(s, obs).model_copy(update={"adapter": f"{obs.run_uri}/adapter"})
-    fields: dict[str, Any] = {"metrics": _wire(obs.metrics), "artifacts": _wire(artifacts)}
-    if obs.progress is not None:
-        fields["progress"] = _wire(with_percent(obs.progress))
+    fields: dict[str, Any] = {"metrics": _wire(obs.files.metrics), "artifacts": _wire(artifacts)}
+    if obs.files.progress is not None:
+        fields["progress"] = _wire(with_percent(obs.files.progress))
     return fields
 
 
-def _benchmarking(s: Situation, obs: Observation, at: str) -> Decision:
+def _benchmarking(s: RunState, obs: Observation, at: str) -> Decision:
     assert s.bench is not None
     if s.phase == "Benchmarking":
         return NOTHING
-    # The benchmark Job exists but the status was not written (the operator stopped between).
+    # The benchmark stage exists but the status was not written (the executor stopped between).
     return _move(
         s,
         at,
         "Benchmarking",
-        "BenchmarkStarted",
+        Reason.BENCHMARK_STARTED,
         f"training finished; benchmark Job {s.bench.name} is running",
         _trained_fields(s, obs),
     )
 
 
-def _gate(s: Situation, obs: Observation, at: str) -> Decision:
-    if obs.report is None:
+def _gate(s: RunState, obs: Observation, at: str) -> Decision:
+    report, metrics = obs.files.report, obs.files.metrics
+    if report is None:
         return _fail(
             s,
             at,
-            "ReportMissing",
+            Reason.REPORT_MISSING,
             "benchmark failed: the Job succeeded but report/benchmark.json is missing",
         )
     spec = s.resolved
-    verdict = gate.decide(obs.report, spec, obs.metrics, obs.champion, version=s.paths.version)
+    verdict = gate.judge(report, spec, metrics, obs.files.champion, version=s.paths.version)
     artifacts = _artifacts(s, obs).model_copy(update={"report": f"{obs.run_uri}/report/index.html"})
     fields = {
-        "benchmark": _wire(obs.report),
+        "benchmark": _wire(report),
         "sla": "Passed" if verdict.passed else "Failed",
         "artifacts": _wire(artifacts),
-        "metrics": _wire(obs.metrics),
+        "metrics": _wire(metrics),
     }
     if not verdict.passed:
         return _move(
@@ -547,56 +512,60 @@ def _gate(s: Situation, obs: Observation, at: str) -> Decision:
         )
     if spec.promotion.policy == "manual" and not s.approved:
         message = (
-            f"{verdict.message}; waiting for approval: annotate it with {APPROVE_ANNOTATION}=true"
+            f"{verdict.message}; waiting for approval: annotate it with "
+            f"{APPROVE_ANNOTATION}=true (locally: finetune approve {s.namespace}/{s.name})"
         )
-        return _move(s, at, "AwaitingApproval", "AwaitingApproval", message, fields)
+        return _move(s, at, "AwaitingApproval", Reason.AWAITING_APPROVAL, message, fields)
     return _promote(s, obs, at, verdict.message, fields)
 
 
 def _promote(
-    s: Situation, obs: Observation, at: str, why: str, fields: dict[str, Any] | None = None
+    s: RunState, obs: Observation, at: str, why: str, fields: dict[str, Any] | None = None
 ) -> Decision:
     if obs.promotion_error is not None:
-        return _fail(s, at, "PromotionFailed", f"promote failed: {obs.promotion_error}")
+        return _fail(s, at, Reason.PROMOTION_FAILED, f"promote failed: {obs.promotion_error}")
     if obs.promoted_uri is None:
         return Decision(promote=True)
     return _move(
         s,
         at,
         "Promoted",
-        "Promoted",
+        Reason.PROMOTED,
         f"{why}; promoted to {obs.promoted_uri}",
         {**(fields or {}), "promotedModel": obs.promoted_uri},
     )
 
 
-def _job_failed(s: Situation, obs: Observation, at: str, stage: Stage, job: JobState) -> Decision:
-    """Why a stage failed, best source first: the stage's own error.json, then the pod's
-    termination message, then the Job's Failed condition (backoff limit, deadline)."""
-    error = obs.error if obs.error and obs.error.stage in ERROR_STAGES[stage] else None
-    if error is not None:
+def _stage_failed(
+    s: RunState, obs: Observation, at: str, stage: StageName, state: StageState
+) -> Decision:
+    """Why a stage failed, best source first: the stage's own error.json, then its last words
+    (a pod's termination message), then the stage's outcome (backoff limit, deadline, exit
+    code)."""
+    error = obs.files.error
+    if error is not None and error.stage in ERROR_STAGES[stage]:
         reason, detail = _reason(error.reason), error.message
     else:
-        reason = job.reason
-        detail = obs.termination_message or job.message or f"Job {job.name} failed"
+        reason = state.reason or Reason.JOB_FAILED
+        detail = obs.stage_message or state.message or f"Job {state.name} failed"
     fields: dict[str, Any] = {}
-    if obs.progress is not None:
-        fields["progress"] = _wire(with_percent(obs.progress))
+    if obs.files.progress is not None:
+        fields["progress"] = _wire(with_percent(obs.files.progress))
     return _fail(s, at, reason, f"{stage} failed: {detail}", fields)
 
 
 def _fail(
-    s: Situation, at: str, reason: str, message: str, fields: dict[str, Any] | None = None
+    s: RunState, at: str, reason: str, message: str, fields: dict[str, Any] | None = None
 ) -> Decision:
     return _move(s, at, "Failed", reason, message, fields or {}, warning=True)
 
 
-def _artifacts(s: Situation, obs: Observation) -> Artifacts:
+def _artifacts(s: RunState, obs: Observation) -> Artifacts:
     current = s.status.artifacts or Artifacts()
     return current.model_copy(
         update={
             "run": obs.run_uri,
-            "last_checkpoint": obs.last_checkpoint or current.last_checkpoint,
+            "last_checkpoint": obs.files.last_checkpoint or current.last_checkpoint,
         }
     )
 
@@ -605,7 +574,7 @@ def _artifacts(s: Situation, obs: Observation) -> Artifacts:
 
 
 def _move(
-    s: Situation,
+    s: RunState,
     at: str,
     phase: Phase,
     reason: str,
@@ -614,7 +583,7 @@ def _move(
     *,
     warning: bool = False,
     events: Sequence[Event] | None = None,
-    create: Stage | None = None,
+    create: StageName | None = None,
     delete: tuple[str, ...] = (),
     requeue: bool = False,
 ) -> Decision:
@@ -639,7 +608,7 @@ def _move(
     )
 
 
-def _refresh(s: Situation, fields: dict[str, Any]) -> Decision:
+def _refresh(s: RunState, fields: dict[str, Any]) -> Decision:
     """No transition: only fields that changed (progress, checkpoints), no Event."""
     return Decision(status=changes(s.raw_status, fields))
 
@@ -653,8 +622,8 @@ def phase_conditions(
     at: str,
 ) -> list[Condition]:
     """kstatus conditions: Ready (True once promoted), Reconciling (True while a stage is
-    running), Stalled (True when the run ended Failed or Rejected). A transition time moves
-    only when its condition's status changes."""
+    starting or running), Stalled (True when the run ended Failed or Rejected). A transition
+    time moves only when its condition's status changes."""
     wanted = {
         "Ready": phase == "Promoted",
         "Reconciling": phase in ACTIVE_PHASES,
@@ -686,6 +655,20 @@ def changes(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, A
     }
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """`target` with a JSON merge patch (RFC 7386) applied, as the API server applies one to
+    .status: objects merge key by key, null removes, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
 def _pruned(value: Any) -> Any:
     """A JSON value without None entries: how the API server stores a merge-patched value."""
     if isinstance(value, Mapping):
@@ -702,7 +685,7 @@ def _wire(model: BaseModel | None) -> dict[str, Any] | None:
 
 def _reason(text: str) -> str:
     """A condition reason must be CamelCase letters and digits; error.json is not trusted."""
-    return re.sub(r"[^A-Za-z0-9]", "", text)[:64] or "StageFailed"
+    return re.sub(r"[^A-Za-z0-9]", "", text)[:64] or Reason.STAGE_FAILED
 
 
 def _cap(message: str) -> str:

@@ -12,8 +12,8 @@ from rich.text import Text
 from finetune_core.api import BenchmarkReport, BenchmarkSpec, FineTuneJobStatus, Metrics
 from finetune_core.gate import percentile_of, profile_meets_sla
 from finetune_core.layout import model_key
+from finetune_core.runs import RunSnapshot, UnknownRun, all_runs, newest_of
 from finetune_core.store import ArtifactStore, open_store
-from finetune_operator.local_runs import RunSnapshot, UnknownRun, all_runs, newest_of
 
 PHASE_STYLES = {
     "Promoted": "bold green",

@@ -1,0 +1,356 @@
+"""`finetune run FILE.yaml`: the lifecycle (finetune_core.lifecycle) carried out here.
+
+The same decisions the operator carries out in a cluster, with local means: a stage is a
+child process running the pods' own entrypoint (`finetune train|benchmark --run URI`), the
+status is the run's status.json, an Event is a console line. So a local run writes exactly
+the tree, and reaches exactly the phases, conditions and messages, that a cluster run does.
+
+Ctrl-C (or SIGTERM) stops the running stage with SIGTERM (the trainer saves a checkpoint),
+leaves the run unfinished and exits 130; running the same manifest again resumes it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from finetune_cli.local.generations import choose_generation
+from finetune_cli.local.manifest import LocalJob, load_job, print_problems
+from finetune_cli.local.processes import (
+    POLL_SECONDS,
+    BenchmarkWatcher,
+    Interruption,
+    StageProcess,
+    TrainingWatcher,
+    Watcher,
+    stage_env,
+)
+from finetune_cli.local.view import run_details
+from finetune_core.api import Progress, Reason, RunConfig
+from finetune_core.exit_codes import EXIT_FAILED, PHASE_EXIT
+from finetune_core.layout import RunPaths
+from finetune_core.lifecycle import (
+    Decision,
+    Event,
+    Observation,
+    RunState,
+    StageName,
+    StageState,
+    decide,
+    interrupted,
+    merge_patch,
+    parse_status,
+    reads,
+    resume,
+    stage_name,
+)
+from finetune_core.manifest import InvalidManifest
+from finetune_core.promotion import PromotionError, promote
+from finetune_core.run_files import read_run_files
+from finetune_core.runs import RunSnapshot, UnknownRun, latest_run, newest_of, save_status
+from finetune_core.store import (
+    ArtifactStore,
+    S3Store,
+    StoreUnavailable,
+    open_store,
+    read_model_if_valid,
+)
+
+__all__ = ["approve_run", "run_manifest"]
+
+StageCommand = Callable[[StageName, str], list[str]]
+
+
+def finetune_command(stage: StageName, run_uri: str) -> list[str]:
+    """The pods' entrypoint, run with this interpreter."""
+    return [sys.executable, "-m", "finetune_cli", stage, "--run", run_uri]
+
+
+@dataclass
+class LocalExecutor:
+    """Carries out the lifecycle's decisions for one generation of a job until it settles."""
+
+    console: Console
+    store: ArtifactStore
+    job: LocalJob
+    generation: int
+    raw_status: dict[str, Any]
+    env: dict[str, str]
+    logs: Path
+    interruption: Interruption
+    endpoint: str | None = None
+    approved: bool = False
+    command: StageCommand = finetune_command
+
+    def __post_init__(self) -> None:
+        self.processes: dict[StageName, StageProcess] = {}
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.job.namespace, self.job.name, self.generation)
+
+    # ---------------------------------------------------------------- observe
+
+    def state(self) -> RunState:
+        return RunState(
+            namespace=self.job.namespace,
+            name=self.job.name,
+            generation=self.generation,
+            spec=self.job.spec,
+            gpus=self.job.gpus,
+            raw_status=self.raw_status,
+            approved=self.approved,
+            train=self.stage_state("train"),
+            bench=self.stage_state("benchmark"),
+        )
+
+    def stage_state(self, stage: StageName) -> StageState | None:
+        """A stage of this invocation by its process; one of an earlier invocation (resumed
+        or retried) only by the result it left in the store."""
+        name = stage_name(self.job.name, self.generation, stage)
+        process = self.processes.get(stage)
+        if process is not None:
+            code = process.poll()
+            if code is None:
+                return StageState(name, "running", ready=True)
+            if code == 0:
+                return StageState(name, "succeeded")
+            exited = f"`finetune {stage}` exited with code {code}"
+            return StageState(name, "failed", reason=Reason.STAGE_EXITED, message=exited)
+        if self.finished_before(stage):
+            return StageState(name, "succeeded")
+        return None
+
+    def finished_before(self, stage: StageName) -> bool:
+        store, run = self.store, self.paths
+        if stage == "benchmark":
+            return store.exists(run.benchmark_report)
+        return store.exists(run.metrics) and any(store.list(run.adapter + "/"))
+
+    def observe(self) -> Observation:
+        state = self.state()
+        files = read_run_files(self.store, self.paths, reads(state), self.endpoint)
+        return Observation(state=state, run_uri=self.store.uri(self.paths.prefix), files=files)
+
+    # ---------------------------------------------------------------- act and record
+
+    def execute(self, first: Decision | None = None) -> int:
+        """Observe, decide, act, record until the run settles; `finetune run`'s exit code."""
+        if first is not None:
+            self.record(first)
+        while True:
+            observation = self.observe()
+            decision = decide(observation, datetime.now(UTC))
+            if decision.promote:
+                decision = decide(self.promote(observation), datetime.now(UTC))
+            if decision.create is not None:
+                self.start(decision.create)
+            self.record(decision)
+            if decision.requeue or decision.create is not None:
+                continue
+            running = [(stage, p) for stage, p in self.processes.items() if p.code is None]
+            if running:
+                stage, process = running[0]
+                if self.interruption.count:
+                    return self.stop(stage, process)
+                time.sleep(POLL_SECONDS)
+                continue
+            if self.state().settled:
+                return self.summary()
+            if not decision.status:
+                raise AssertionError(f"the run made no progress at {self.state().step}")
+
+    def start(self, stage: StageName) -> None:
+        """Start a stage (a stale error.json of an earlier try would explain nothing now)."""
+        self.store.delete(self.paths.error)
+        run_uri = self.store.uri(self.paths.prefix)
+        watcher: Watcher = (
+            TrainingWatcher(self.console, self.store, self.paths)
+            if stage == "train"
+            else BenchmarkWatcher(self.console, self.job.spec)
+        )
+        process = StageProcess(
+            self.command(stage, run_uri),
+            self.env,
+            self.logs / f"{stage}.log",
+            watcher,
+            on_exit=lambda ended, code: self.stage_ended(stage, ended, code),
+        )
+        self.console.print(f"[bold]{stage}[/]: finetune {stage} --run {run_uri}", highlight=False)
+        process.start()
+        self.processes[stage] = process
+
+    def stage_ended(self, stage: StageName, process: StageProcess, code: int) -> None:
+        """Keep the stage's output beside the run; show its last lines when it failed."""
+        self.store.put_file(self.paths.log(stage), process.log_path)
+        if code == 0 or self.interruption.count:
+            return
+        log_uri = self.store.uri(self.paths.log(stage))
+        self.console.print(f"[red]Last output of {stage}[/] (all of it: {log_uri}):")
+        for line in process.tail:
+            self.console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+    def stop(self, stage: StageName, process: StageProcess) -> int:
+        """Ctrl-C: stop the stage, record where it stood, and say how to go on."""
+        process.stop(self.interruption)
+        progress = read_model_if_valid(self.store, self.paths.progress, Progress)
+        where = ""
+        if stage == "train" and progress is not None and progress.step is not None:
+            where = f" at step {progress.step}/{progress.total_steps}"
+        message = (
+            f"{stage} interrupted{where}; run `finetune run` with the same manifest again to resume"
+        )
+        self.record(interrupted(self.state(), datetime.now(UTC), message, progress))
+        return self.interruption.exit_code
+
+    def promote(self, observation: Observation) -> Observation:
+        try:
+            uri = promote(self.store, self.paths, self.job.spec, datetime.now(UTC))
+        except PromotionError as error:
+            return replace(observation, promotion_error=str(error))
+        return replace(observation, promoted_uri=uri)
+
+    def record(self, decision: Decision) -> None:
+        """Merge the status patch into status.json, and say what happened."""
+        if decision.status:
+            self.raw_status = merge_patch(self.raw_status, decision.status)
+            save_status(self.store, self.paths, parse_status(self.raw_status))
+        for event in decision.events:
+            self.say(event)
+
+    def say(self, event: Event) -> None:
+        style = "yellow" if event.type == "Warning" else "cyan"
+        self.console.print(f"[{style}]{event.reason}[/]: {event.message}", highlight=False)
+
+    def summary(self) -> int:
+        self.console.print()
+        config = RunConfig.model_validate(self.store.get_json(self.paths.config))
+        snapshot = RunSnapshot(self.paths, config, parse_status(self.raw_status))
+        self.console.print(run_details(self.store, snapshot))
+        if snapshot.status.phase == "AwaitingApproval":
+            approve = approve_command(self.paths, self.store, self.endpoint)
+            self.console.print(f"approve with: {approve}", highlight=False)
+        return PHASE_EXIT[snapshot.status.phase or "Failed"]
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def run_manifest(path: Path, store: str | None, endpoint: str | None) -> int:
+    """`finetune run`: exit 0 promoted or awaiting approval, 2 rejected, 1 failed,
+    130 interrupted (resume by running it again)."""
+    console = Console()
+    try:
+        job = load_job(path)
+    except InvalidManifest as invalid:
+        print_problems(console, path, invalid.problems)
+        return EXIT_FAILED
+    try:
+        artifacts = open_store(store, endpoint)
+        if isinstance(artifacts, S3Store):
+            artifacts.ensure_bucket()
+        return _run(console, job, artifacts, endpoint)
+    except StoreUnavailable as error:
+        console.print(f"[red]The artifact store is unreachable:[/] {error}")
+        return EXIT_FAILED
+
+
+def _run(console: Console, job: LocalJob, store: ArtifactStore, endpoint: str | None) -> int:
+    latest = latest_run(store, job.namespace, job.name)
+    choice = choose_generation(job.spec, latest, job.dataset_sha256)
+    run = RunPaths(job.namespace, job.name, choice.generation)
+    console.print(
+        f"[bold]{job.namespace}/{job.name}[/] generation {choice.generation}: {choice.why}"
+    )
+    console.print(f"store: {store.uri()}")
+    if choice.action == "report":
+        assert latest is not None
+        console.print(run_details(store, latest))
+        return PHASE_EXIT[latest.status.phase or "Failed"]
+    # A new generation starts from the previous one's status, as a FineTuneJob's does, so
+    # that status.runs keeps the history.
+    raw_status = latest.status.to_wire() if latest is not None else {}
+    if choice.action == "start":
+        config = RunConfig(
+            namespace=job.namespace,
+            name=job.name,
+            generation=choice.generation,
+            spec=job.spec,
+            created_at=datetime.now(UTC),
+        )
+        store.put_json(run.config, config.to_wire())
+    with _executor(console, store, job, choice.generation, raw_status, endpoint) as executor:
+        first = None
+        if choice.action == "resume":
+            first = resume(executor.state(), datetime.now(UTC), choice.why)
+        return executor.execute(first)
+
+
+@contextmanager
+def _executor(
+    console: Console,
+    store: ArtifactStore,
+    job: LocalJob,
+    generation: int,
+    raw_status: dict[str, Any],
+    endpoint: str | None,
+    approved: bool = False,
+) -> Iterator[LocalExecutor]:
+    with (
+        tempfile.TemporaryDirectory(prefix="finetune-logs-") as logs,
+        Interruption().installed() as interruption,
+    ):
+        yield LocalExecutor(
+            console,
+            store,
+            job,
+            generation,
+            raw_status,
+            stage_env(store, endpoint),
+            Path(logs),
+            interruption,
+            endpoint=endpoint,
+            approved=approved,
+        )
+
+
+def approve_run(name: str, store: str | None, endpoint: str | None) -> int:
+    """`finetune approve [NAMESPACE/]NAME`: promote a run that passed the gate and waits for
+    approval (promotion.policy: manual), as the approve annotation does in a cluster."""
+    console = Console()
+    artifacts = open_store(store, endpoint)
+    try:
+        snapshot = newest_of(artifacts, name)
+    except UnknownRun as unknown:
+        console.print(f"[red]{unknown}[/]", highlight=False)
+        return EXIT_FAILED
+    run, status = snapshot.paths, snapshot.status
+    if status.phase != "AwaitingApproval":
+        console.print(
+            f"[red]{run.namespace}/{run.name} generation {run.generation} is {status.phase}; "
+            "only a run in AwaitingApproval can be approved[/]"
+        )
+        return EXIT_FAILED
+    job = LocalJob(run.namespace, run.name, snapshot.config.spec, gpus=0, dataset_sha256=None)
+    with _executor(
+        console, artifacts, job, run.generation, status.to_wire(), endpoint, approved=True
+    ) as executor:
+        return executor.execute()
+
+
+def approve_command(run: RunPaths, store: ArtifactStore, endpoint: str | None) -> str:
+    """The command line that approves a run (printed for the user, never executed)."""
+    words = ["finetune", "approve", f"{run.namespace}/{run.name}", "--store", store.uri()]
+    if endpoint:
+        words += ["--s3-endpoint", endpoint]
+    return shlex.join(words)

@@ -1,0 +1,115 @@
+"""What the Kubernetes objects say, in the lifecycle's terms: a FineTuneJob and its Jobs as a
+`lifecycle.RunState`, a Job's conditions as a `StageState`, pods' termination messages as a
+failed stage's last words. Pure functions of the objects as read from the API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from finetune_core.api import DATASET_SCHEMES, FineTuneJobSpec, Reason
+from finetune_core.lifecycle import (
+    APPROVE_ANNOTATION,
+    RunState,
+    StageState,
+    stage_name,
+)
+from finetune_core.manifest import InvalidManifest, Problem, parse_manifest
+
+
+def stage_state(job: Mapping[str, Any]) -> StageState:
+    """A Job's outcome from its conditions, as the Job controller sets them."""
+    status = job.get("status") or {}
+    true = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    name = job["metadata"]["name"]
+    if "Complete" in true:
+        return StageState(name, "succeeded")
+    if "Failed" in true:
+        failed = true["Failed"]
+        return StageState(
+            name,
+            "failed",
+            reason=failed.get("reason") or Reason.JOB_FAILED,
+            message=failed.get("message") or "",
+        )
+    return StageState(name, "running", ready=(status.get("ready") or 0) > 0)
+
+
+def cluster_problems(spec: FineTuneJobSpec) -> list[Problem]:
+    """A pod reads URIs only: the manifest-relative paths `finetune run` accepts mean
+    nothing in a cluster."""
+    uris = [("spec.dataset.uri", spec.dataset.uri)] + [
+        (f"spec.benchmark.sla[{index}].prompts", profile.prompts)
+        for index, profile in enumerate(spec.benchmark.sla)
+        if profile.prompts is not None
+    ]
+    return [
+        Problem(
+            path,
+            "must be an s3:// or file:// URI in a cluster (relative paths work only "
+            "with `finetune run`)",
+        )
+        for path, uri in uris
+        if not uri.startswith(DATASET_SCHEMES)
+    ]
+
+
+def run_state(obj: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]] = ()) -> RunState:
+    """Interpret a FineTuneJob (as read from the API) and the Jobs labelled with its name."""
+    meta = obj.get("metadata") or {}
+    name, generation = meta.get("name", ""), int(meta.get("generation") or 1)
+    spec, problems = None, []
+    try:
+        spec = parse_manifest(obj).spec
+        problems = cluster_problems(spec)
+    except InvalidManifest as invalid:
+        problems = invalid.problems
+    resolved = spec.resolve() if spec is not None and not problems else None
+    states = {job["metadata"]["name"]: stage_state(job) for job in jobs}
+    train_name = stage_name(name, generation, "train")
+    bench_name = stage_name(name, generation, "benchmark")
+    superseded = tuple(
+        sorted(
+            job_name
+            for job_name, state in states.items()
+            if job_name not in (train_name, bench_name) and state.outcome == "running"
+        )
+    )
+    return RunState(
+        namespace=meta.get("namespace", ""),
+        name=name,
+        generation=generation,
+        spec=resolved,
+        gpus=spec.resources.gpus if spec is not None else 0,
+        problems=tuple(problems),
+        raw_status=obj.get("status") or {},
+        approved=(meta.get("annotations") or {}).get(APPROVE_ANNOTATION) == "true",
+        deleting=bool(meta.get("deletionTimestamp")),
+        train=states.get(train_name),
+        bench=states.get(bench_name),
+        superseded=superseded,
+        uid=meta.get("uid"),
+    )
+
+
+def settled(obj: Mapping[str, Any]) -> bool:
+    """Nothing can change without a new event (spec edit, annotation): no need to poll."""
+    return run_state(obj).settled
+
+
+def termination_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the newest failed container of a Job's pods stopped: its termination message
+    (the error, or the log tail with FallbackToLogsOnError), else its reason and code."""
+    found: list[tuple[str, str]] = []
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            for state in (container.get("state"), container.get("lastState")):
+                terminated = (state or {}).get("terminated")
+                if not terminated or not terminated.get("exitCode"):
+                    continue
+                message = (terminated.get("message") or "").strip() or (
+                    f"container {terminated.get('reason') or 'terminated'} "
+                    f"(exit code {terminated['exitCode']})"
+                )
+                found.append((terminated.get("finishedAt") or "", message))
+    return max(found)[1] if found else None

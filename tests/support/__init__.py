@@ -1,0 +1,1 @@
+"""What every test tier shares: FineTuneJob manifests and the `finetune` command."""
