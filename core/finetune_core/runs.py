@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 
 from finetune_core.api import (
-    TERMINAL_PHASES,
     BenchmarkReport,
     FineTuneJobStatus,
     Metrics,
@@ -22,6 +21,7 @@ from finetune_core.api import (
 )
 from finetune_core.clock import timestamp
 from finetune_core.layout import ErrorReport, RunPaths
+from finetune_core.lifecycle import with_percent
 from finetune_core.store import ArtifactStore, read_model_if_valid
 
 CONFIG_KEY = re.compile(r"runs/([^/]+)/([^/]+)/g(\d+)/config\.json")
@@ -96,10 +96,11 @@ def load_run(store: ArtifactStore, run: RunPaths) -> RunSnapshot | None:
     status = read_model_if_valid(store, run.status, FineTuneJobStatus)
     if status is None:
         status = inferred_status(store, run, config)
-    elif status.phase not in TERMINAL_PHASES:
-        # Training progress lives in progress.json; status.json may be a step behind.
+    elif status.phase == "Training":
+        # While training, progress.json is fresher than status.json (a killed run's, too).
         progress = read_model_if_valid(store, run.progress, Progress)
-        status = status.model_copy(update={"progress": progress or status.progress})
+        if progress is not None:
+            status = status.model_copy(update={"progress": with_percent(progress)})
     return RunSnapshot(run, config, status)
 
 

@@ -246,9 +246,11 @@ class LocalExecutor:
 # ------------------------------------------------------------------ entry points
 
 
-def run_manifest(path: Path, store: str | None, endpoint: str | None) -> int:
+def run_manifest(
+    path: Path, store: str | None, endpoint: str | None, command: StageCommand = finetune_command
+) -> int:
     """`finetune run`: exit 0 promoted or awaiting approval, 2 rejected, 1 failed,
-    130 interrupted (resume by running it again)."""
+    130 interrupted (resume by running it again). `command` builds a stage's command line."""
     console = Console()
     try:
         job = load_job(path)
@@ -259,13 +261,19 @@ def run_manifest(path: Path, store: str | None, endpoint: str | None) -> int:
         artifacts = open_store(store, endpoint)
         if isinstance(artifacts, S3Store):
             artifacts.ensure_bucket()
-        return _run(console, job, artifacts, endpoint)
+        return _run(console, job, artifacts, endpoint, command)
     except StoreUnavailable as error:
         console.print(f"[red]The artifact store is unreachable:[/] {error}")
         return EXIT_FAILED
 
 
-def _run(console: Console, job: LocalJob, store: ArtifactStore, endpoint: str | None) -> int:
+def _run(
+    console: Console,
+    job: LocalJob,
+    store: ArtifactStore,
+    endpoint: str | None,
+    command: StageCommand,
+) -> int:
     latest = latest_run(store, job.namespace, job.name)
     choice = choose_generation(job.spec, latest, job.dataset_sha256)
     run = RunPaths(job.namespace, job.name, choice.generation)
@@ -289,7 +297,9 @@ def _run(console: Console, job: LocalJob, store: ArtifactStore, endpoint: str | 
             created_at=datetime.now(UTC),
         )
         store.put_json(run.config, config.to_wire())
-    with _executor(console, store, job, choice.generation, raw_status, endpoint) as executor:
+    with _executor(
+        console, store, job, choice.generation, raw_status, endpoint, command
+    ) as executor:
         first = None
         if choice.action == "resume":
             first = resume(executor.state(), datetime.now(UTC), choice.why)
@@ -304,6 +314,7 @@ def _executor(
     generation: int,
     raw_status: dict[str, Any],
     endpoint: str | None,
+    command: StageCommand,
     approved: bool = False,
 ) -> Iterator[LocalExecutor]:
     with (
@@ -321,10 +332,13 @@ def _executor(
             interruption,
             endpoint=endpoint,
             approved=approved,
+            command=command,
         )
 
 
-def approve_run(name: str, store: str | None, endpoint: str | None) -> int:
+def approve_run(
+    name: str, store: str | None, endpoint: str | None, command: StageCommand = finetune_command
+) -> int:
     """`finetune approve [NAMESPACE/]NAME`: promote a run that passed the gate and waits for
     approval (promotion.policy: manual), as the approve annotation does in a cluster."""
     console = Console()
@@ -343,7 +357,7 @@ def approve_run(name: str, store: str | None, endpoint: str | None) -> int:
         return EXIT_FAILED
     job = LocalJob(run.namespace, run.name, snapshot.config.spec, gpus=0, dataset_sha256=None)
     with _executor(
-        console, artifacts, job, run.generation, status.to_wire(), endpoint, approved=True
+        console, artifacts, job, run.generation, status.to_wire(), endpoint, command, approved=True
     ) as executor:
         return executor.execute()
 

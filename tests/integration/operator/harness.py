@@ -16,8 +16,7 @@ from typing import Any, Literal, TypeVar
 
 import kmock
 
-from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, Progress
-from finetune_core.layout import ErrorReport, RunPaths
+from finetune_core.layout import RunPaths
 from finetune_core.lifecycle import StageName, stage_name
 from finetune_core.store import ArtifactStore
 from finetune_operator.builders import LABEL_JOB, child_labels
@@ -25,6 +24,7 @@ from finetune_operator.main import operate
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.settings import OperatorSettings
 from tests.integration.operator.emulator import ApiServer
+from tests.support import stage_files
 
 T = TypeVar("T")
 
@@ -342,68 +342,13 @@ class Cluster:
     # ---------------------------------------------------------------- the pods' files
 
     def pod_wrote_progress(self, run: RunPaths, step: int, total: int) -> None:
-        progress = Progress(
-            step=step,
-            total_steps=total,
-            epoch=step / total,
-            loss=1.5,
-            eta_seconds=12.0,
-            updated_at="2026-01-01T00:00:00Z",
-        )
-        self.store.put_json(run.progress, progress.to_wire())
+        stage_files.progress(self.store, run, step, total)
 
     def pod_trained(self, run: RunPaths, eval_loss: float = 1.21) -> None:
-        """What `finetune train` leaves: a checkpoint, the adapter and metrics.json."""
-        self.pod_wrote_progress(run, 4, 4)
-        self.store.put_bytes(f"{run.checkpoint(4)}/adapter_model.safetensors", b"ckpt")
-        self.store.put_bytes(f"{run.checkpoint(4)}/COMPLETE", b"")
-        self.store.put_json(f"{run.adapter}/adapter_config.json", {"r": 8, "lora_alpha": 16})
-        self.store.put_bytes(f"{run.adapter}/adapter_model.safetensors", b"weights")
-        metrics = Metrics(
-            train_loss=1.4,
-            eval_loss=eval_loss,
-            base_eval_loss=1.9,
-            perplexity=3.36,
-            train_tokens=4096,
-        )
-        self.store.put_json(run.metrics, metrics.to_wire())
+        stage_files.trained(self.store, run, eval_loss)
 
     def pod_benchmarked(self, run: RunPaths, answer_p95: float = 2.5) -> None:
-        """What `finetune benchmark` leaves: report/benchmark.json and the HTML report."""
-        profiles = [
-            ProfileResult(
-                name="question",
-                max_new_tokens=48,
-                max_latency_seconds=10,
-                samples=5,
-                p50=3.0,
-                p90=3.4,
-                p95=3.5,
-                p99=3.6,
-                max=3.6,
-                tokens_per_second=30.0,
-                passed=True,
-            ),
-            ProfileResult(
-                name="answer",
-                max_new_tokens=24,
-                max_latency_seconds=6,
-                samples=5,
-                p50=answer_p95 - 0.5,
-                p90=answer_p95 - 0.1,
-                p95=answer_p95,
-                p99=answer_p95,
-                max=answer_p95,
-                tokens_per_second=30.0,
-                passed=answer_p95 <= 6,
-            ),
-        ]
-        report = BenchmarkReport(
-            passed=all(p.passed for p in profiles), percentile=95, device="cpu", profiles=profiles
-        )
-        self.store.put_json(run.benchmark_report, report.to_wire())
-        self.store.put_bytes(run.report_html, b"<html>report</html>", "text/html")
+        stage_files.benchmarked(self.store, run, answer_p95)
 
     def pod_failed(self, run: RunPaths, stage: str, reason: str, message: str) -> None:
-        error = ErrorReport.model_validate({"stage": stage, "reason": reason, "message": message})
-        self.store.put_json(run.error, error.to_wire())
+        stage_files.failed(self.store, run, stage, reason, message)

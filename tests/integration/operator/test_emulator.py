@@ -8,6 +8,7 @@ from typing import Any
 
 from tests.integration.operator.emulator import ApiServer
 from tests.integration.operator.harness import FTJ_URL, JOBS_URL
+from tests.support.manifests import finetunejob
 
 MERGE = "application/merge-patch+json"
 
@@ -21,13 +22,7 @@ async def call(
 
 
 def ftj(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {"model": {"preset": "phi-4"}},
-        "status": {"phase": "Promoted"},
-    }
+    return finetunejob(name, status={"phase": "Promoted"})
 
 
 async def test_create_stamps_server_fields_and_conflicts_on_a_second_create(

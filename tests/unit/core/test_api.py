@@ -6,6 +6,7 @@ import pytest
 
 from finetune_core.api import FineTuneJobSpec
 from finetune_core.manifest import InvalidManifest, parse_manifest
+from tests.support.manifests import finetunejob
 
 
 def _spec(**overrides: object) -> FineTuneJobSpec:
@@ -43,16 +44,12 @@ def test_a_model_name_without_preset_gets_generic_defaults() -> None:
 
 
 def test_every_problem_is_reported_with_its_path() -> None:
-    doc = {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "ok-name"},
-        "spec": {
-            "model": {},
-            "dataset": {"uri": "gs://bucket/x.jsonl"},
-            "benchmark": {"sla": [{"name": "a", "maxNewTokens": 1, "maxLatencySeconds": 1}] * 2},
-        },
-    }
+    doc = finetunejob(
+        "ok-name",
+        model={},
+        dataset={"uri": "gs://bucket/x.jsonl"},
+        benchmark={"sla": [{"name": "a", "maxNewTokens": 1, "maxLatencySeconds": 1}] * 2},
+    )
     with pytest.raises(InvalidManifest) as raised:
         parse_manifest(doc)
     lines = [str(p) for p in raised.value.problems]

@@ -9,6 +9,7 @@ import lupa.lua51 as lua51
 import pytest
 import yaml
 
+from tests.support.manifests import finetunejob
 from tests.unit.deploy.k8s import CRD_FILE, REPO, documents
 
 ARGOCD = REPO / "manifests" / "gitops" / "argocd"
@@ -37,15 +38,13 @@ def condition(kind: str, status: str, generation: int, message: str = "") -> dic
 
 
 def job(generation: int, status: dict[str, Any] | None) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "agent1-phi4", "namespace": "ml", "generation": generation},
-        "spec": {"model": {"preset": "phi-4"}, "dataset": {"uri": "s3://d/v3.jsonl"}},
-    }
-    if status is not None:
-        obj["status"] = status
-    return obj
+    return finetunejob(
+        "agent1-phi4",
+        namespace="ml",
+        generation=generation,
+        status=status,
+        dataset={"uri": "s3://d/v3.jsonl"},
+    )
 
 
 PROMOTED = {

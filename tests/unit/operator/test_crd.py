@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from finetune_core.api import MAX_NAME_LENGTH
 from finetune_operator.crd import Schema, crd_dict, crd_yaml, node_at, structural_schema
+from tests.support.manifests import finetunejob
 
 from .crd_check import EXAMPLE_FILES, REPO, crd_problems, open_api_schema
 
@@ -203,14 +204,7 @@ def test_examples_pass_the_crd_schema(path: Path) -> None:
 
 
 def _job(**changes: Any) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "demo"},
-        "spec": {"model": {"preset": "phi-4"}, "dataset": {"uri": "s3://datasets/a.jsonl"}},
-    }
-    document["spec"].update(changes)
-    return document
+    return finetunejob("demo", **changes)
 
 
 def test_cel_rules_match_the_model_validators() -> None:

@@ -28,6 +28,7 @@ from finetune_core.lifecycle import (
 from finetune_core.lifecycle import reads as lifecycle_reads
 from finetune_operator.builders import LABEL_JOB
 from finetune_operator.observe import run_state, settled, stage_state, termination_message
+from tests.support.manifests import finetunejob
 
 NAME = "agent"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -45,7 +46,7 @@ def ftj(
     annotations: dict[str, str] | None = None,
     **spec: Any,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
+    base = {
         "model": {"preset": "smollm2-135m"},
         "dataset": {"uri": DATASET},
         "resources": {"gpus": 0},
@@ -56,23 +57,17 @@ def ftj(
                 {"name": "answer", "maxNewTokens": 24, "maxLatencySeconds": 6},
             ],
         },
+    }
+    return finetunejob(
+        NAME,
+        namespace="ml",
+        generation=generation,
+        uid="u-1",
+        annotations=dict(annotations or {}),
+        status=status,
+        base=base,
         **spec,
-    }
-    obj: dict[str, Any] = {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {
-            "name": NAME,
-            "namespace": "ml",
-            "generation": generation,
-            "uid": "u-1",
-            "annotations": dict(annotations or {}),
-        },
-        "spec": body,
-    }
-    if status is not None:
-        obj["status"] = status
-    return obj
+    )
 
 
 def job(

@@ -1,0 +1,65 @@
+"""The files the stages leave in a run directory, written as `finetune train` and
+`finetune benchmark` write them, for tests that play the stages (the operator's tests play
+the pods; the executor-equivalence test runs them as processes through scripted_stage)."""
+
+from __future__ import annotations
+
+from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, Progress
+from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, ErrorReport, RunPaths
+from finetune_core.store import ArtifactStore
+
+
+def progress(store: ArtifactStore, run: RunPaths, step: int, total: int) -> None:
+    written = Progress(
+        step=step,
+        total_steps=total,
+        epoch=step / total,
+        loss=1.5,
+        eta_seconds=12.0,
+        updated_at="2026-01-01T00:00:00Z",
+    )
+    store.put_json(run.progress, written.to_wire())
+
+
+def trained(store: ArtifactStore, run: RunPaths, eval_loss: float = 1.21) -> None:
+    """What `finetune train` leaves: a checkpoint, the adapter and metrics.json."""
+    progress(store, run, 4, 4)
+    store.put_bytes(f"{run.checkpoint(4)}/adapter_model.safetensors", b"ckpt")
+    store.put_bytes(f"{run.checkpoint(4)}/{CHECKPOINT_COMPLETE_MARKER}", b"")
+    store.put_json(f"{run.adapter}/adapter_config.json", {"r": 8, "lora_alpha": 16})
+    store.put_bytes(f"{run.adapter}/adapter_model.safetensors", b"weights")
+    metrics = Metrics(
+        train_loss=1.4, eval_loss=eval_loss, base_eval_loss=1.9, perplexity=3.36, train_tokens=4096
+    )
+    store.put_json(run.metrics, metrics.to_wire())
+
+
+def _profile(name: str, tokens: int, limit: float, p95: float) -> ProfileResult:
+    return ProfileResult(
+        name=name,
+        max_new_tokens=tokens,
+        max_latency_seconds=limit,
+        samples=5,
+        p50=p95 - 0.5,
+        p90=p95 - 0.1,
+        p95=p95,
+        p99=p95,
+        max=p95,
+        tokens_per_second=30.0,
+        passed=p95 <= limit,
+    )
+
+
+def benchmarked(store: ArtifactStore, run: RunPaths, answer_p95: float = 2.5) -> None:
+    """What `finetune benchmark` leaves: report/benchmark.json and the HTML report."""
+    profiles = [_profile("question", 48, 10, 3.5), _profile("answer", 24, 6, answer_p95)]
+    report = BenchmarkReport(
+        passed=all(p.passed for p in profiles), percentile=95, device="cpu", profiles=profiles
+    )
+    store.put_json(run.benchmark_report, report.to_wire())
+    store.put_bytes(run.report_html, b"<html>report</html>", "text/html")
+
+
+def failed(store: ArtifactStore, run: RunPaths, stage: str, reason: str, message: str) -> None:
+    error = ErrorReport.model_validate({"stage": stage, "reason": reason, "message": message})
+    store.put_json(run.error, error.to_wire())
