@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format crd chart-crd reference clean
+.PHONY: install demo test test-fast lint format crd chart-crd reference clean
 
 # torch first, from the CPU build, or pip pulls a multi-GB CUDA build as a dependency.
 $(VENV)/.installed: pyproject.toml
@@ -23,6 +23,10 @@ demo: install
 # pytest exits 5 when it collects no test; that is not a failure of the suite.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+# Unit tests only: no subprocess, no network; the quick loop while editing.
+test-fast: install
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -14,7 +14,7 @@ from finetune_core.store import LocalStore, S3Store
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATASET = REPO / "manifests" / "examples" / "datasets" / "devassist.jsonl"
 
-# progress.json's keys, as DESIGN.md's contract lists them.
+# progress.json's keys, as docs/architecture.md's file contracts list them.
 PROGRESS_CONTRACT_KEYS = {
     "step",
     "totalSteps",

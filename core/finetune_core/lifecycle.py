@@ -17,6 +17,7 @@ deterministic, so asking for a stage that already exists is harmless.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -651,7 +652,9 @@ def phase_conditions(
 def changes(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of a merge patch that change `current` (None removes a key)."""
     return {
-        key: value for key, value in patch.items() if _pruned(value) != _pruned(current.get(key))
+        key: value
+        for key, value in patch.items()
+        if without_nulls(value) != without_nulls(current.get(key))
     }
 
 
@@ -659,7 +662,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
     """`target` with a JSON merge patch (RFC 7386) applied, as the API server applies one to
     .status: objects merge key by key, null removes, anything else replaces."""
     if not isinstance(patch, Mapping):
-        return patch
+        return copy.deepcopy(patch)
     result = dict(target) if isinstance(target, Mapping) else {}
     for key, value in patch.items():
         if value is None:
@@ -669,12 +672,13 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def _pruned(value: Any) -> Any:
-    """A JSON value without None entries: how the API server stores a merge-patched value."""
+def without_nulls(value: Any) -> Any:
+    """A JSON value without null entries: a null field and an absent one say the same (the
+    API server drops nulls from a merge-patched object)."""
     if isinstance(value, Mapping):
-        return {k: _pruned(v) for k, v in value.items() if v is not None}
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_pruned(v) for v in value]
+        return [without_nulls(v) for v in value]
     return value
 
 

@@ -35,7 +35,7 @@ from finetune_cli.local.processes import (
     Watcher,
     stage_env,
 )
-from finetune_cli.local.view import run_details
+from finetune_cli.local.view import named_run, run_details
 from finetune_core.api import Progress, Reason, RunConfig
 from finetune_core.exit_codes import EXIT_FAILED, PHASE_EXIT
 from finetune_core.layout import RunPaths
@@ -57,7 +57,7 @@ from finetune_core.lifecycle import (
 from finetune_core.manifest import InvalidManifest
 from finetune_core.promotion import PromotionError, promote
 from finetune_core.run_files import read_run_files
-from finetune_core.runs import RunSnapshot, UnknownRun, latest_run, newest_of, save_status
+from finetune_core.runs import RunSnapshot, latest_run, save_status
 from finetune_core.store import (
     ArtifactStore,
     S3Store,
@@ -342,12 +342,10 @@ def approve_run(
     """`finetune approve [NAMESPACE/]NAME`: promote a run that passed the gate and waits for
     approval (promotion.policy: manual), as the approve annotation does in a cluster."""
     console = Console()
-    artifacts = open_store(store, endpoint)
-    try:
-        snapshot = newest_of(artifacts, name)
-    except UnknownRun as unknown:
-        console.print(f"[red]{unknown}[/]", highlight=False)
+    found = named_run(console, name, store, endpoint)
+    if found is None:
         return EXIT_FAILED
+    artifacts, snapshot = found
     run, status = snapshot.paths, snapshot.status
     if status.phase != "AwaitingApproval":
         console.print(

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from finetune_core.api import BenchmarkReport, BenchmarkSpec, FineTuneJobStatus, Metrics
+from finetune_core.exit_codes import EXIT_FAILED, EXIT_OK
 from finetune_core.gate import percentile_of, profile_meets_sla
 from finetune_core.layout import model_key
 from finetune_core.runs import RunSnapshot, UnknownRun, all_runs, newest_of
@@ -166,14 +167,24 @@ def list_runs(store: str | None, endpoint: str | None) -> int:
     return 0
 
 
+def named_run(
+    console: Console, name: str, store: str | None, endpoint: str | None
+) -> tuple[ArtifactStore, RunSnapshot] | None:
+    """The store and the newest generation of the job `[namespace/]name`; None, after
+    saying why, when there is no such job."""
+    artifacts = open_store(store, endpoint)
+    try:
+        return artifacts, newest_of(artifacts, name)
+    except UnknownRun as unknown:
+        console.print(f"[red]{unknown}[/]", highlight=False)
+        return None
+
+
 def show_run(name: str, store: str | None, endpoint: str | None) -> int:
     """`finetune show [NAMESPACE/]NAME`: the newest generation of one job."""
     console = Console()
-    artifacts = open_store(store, endpoint)
-    try:
-        snapshot = newest_of(artifacts, name)
-    except UnknownRun as unknown:
-        console.print(f"[red]{unknown}[/]", highlight=False)
-        return 1
-    console.print(run_details(artifacts, snapshot))
-    return 0
+    found = named_run(console, name, store, endpoint)
+    if found is None:
+        return EXIT_FAILED
+    console.print(run_details(*found))
+    return EXIT_OK

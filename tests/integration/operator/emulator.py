@@ -33,22 +33,11 @@ import jsonpatch
 import kmock
 from kmock._internal import references, rendering
 
+from finetune_core.lifecycle import merge_patch
+
 GONE_AFTER_FINALIZERS = "deletionTimestamp"
 MUTATIONS = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
 Key = tuple[references.resource, str | None, str]
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge recursively, null removes, the rest replaces."""
-    if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, Mapping) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from finetune_cli.local.executor import approve_run, run_manifest
-from finetune_core.lifecycle import APPROVE_ANNOTATION, STAGES, StageName
+from finetune_core.lifecycle import APPROVE_ANNOTATION, STAGES, StageName, without_nulls
 from finetune_core.runs import latest_run
 from finetune_core.store import LocalStore
 from tests.conftest import REPO
@@ -89,15 +89,6 @@ def on_local(directory: Path, dataset: str, endpoint: str, scenario: Scenario) -
     snapshot = latest_run(LocalStore(store), NAMESPACE, NAME)
     assert snapshot is not None
     return snapshot.status.to_wire()
-
-
-def without_nulls(value: Any) -> Any:
-    """A null field and an absent one say the same (a server may keep nulls inside lists)."""
-    if isinstance(value, dict):
-        return {k: without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [without_nulls(v) for v in value]
-    return value
 
 
 def comparable(status: dict[str, Any], store_uri: str) -> dict[str, Any]:

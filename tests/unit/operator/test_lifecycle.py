@@ -28,7 +28,7 @@ from finetune_core.lifecycle import (
 from finetune_core.lifecycle import reads as lifecycle_reads
 from finetune_operator.builders import LABEL_JOB
 from finetune_operator.observe import run_state, settled, stage_state, termination_message
-from tests.support.manifests import finetunejob
+from tests.support.manifests import SMALL_SPEC, finetunejob
 
 NAME = "agent"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -46,18 +46,7 @@ def ftj(
     annotations: dict[str, str] | None = None,
     **spec: Any,
 ) -> dict[str, Any]:
-    base = {
-        "model": {"preset": "smollm2-135m"},
-        "dataset": {"uri": DATASET},
-        "resources": {"gpus": 0},
-        "benchmark": {
-            "percentile": 95,
-            "sla": [
-                {"name": "question", "maxNewTokens": 48, "maxLatencySeconds": 10},
-                {"name": "answer", "maxNewTokens": 24, "maxLatencySeconds": 6},
-            ],
-        },
-    }
+    base = {**SMALL_SPEC, "dataset": {"uri": DATASET}}
     return finetunejob(
         NAME,
         namespace="ml",
