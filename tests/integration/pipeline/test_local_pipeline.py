@@ -88,8 +88,12 @@ def test_promoted_run_writes_the_contract_tree(promoted: Finished) -> None:
     status = read(store, RUN.status, FineTuneJobStatus)
     assert status.phase == "Promoted" and status.sla == "Passed"
     assert status.promoted_model == alias.uri
-    [ready] = status.conditions
-    assert (ready.type, ready.status, ready.observed_generation) == ("Ready", "True", 1)
+    conditions = {c.type: (c.status, c.observed_generation) for c in status.conditions}
+    assert conditions == {
+        "Ready": ("True", 1),
+        "Reconciling": ("False", 1),
+        "Stalled": ("False", 1),
+    }
     assert status.artifacts is not None
     assert status.artifacts.adapter == store.uri(RUN.adapter)
     assert status.artifacts.report == store.uri(RUN.report_html)
@@ -271,4 +275,5 @@ def test_s3_store_gets_the_same_tree_and_manual_promotion_waits_for_approval(
     assert alias.uri == f"{bucket}/models/{MODEL}/{RUN.version}"
     status = json.loads(s3_store.get_bytes(RUN.status))
     assert (status["phase"], status["promotedModel"]) == ("Promoted", alias.uri)
-    assert status["conditions"][0]["reason"] == "Approved"
+    assert status["conditions"][0]["reason"] == "Promoted"
+    assert status["message"] == f"approved; promoted to {alias.uri}"
