@@ -44,6 +44,8 @@ class ApiModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         use_attribute_docstrings=False,
+        # NaN and infinities are not JSON: the API server rejects a status holding one.
+        allow_inf_nan=False,
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -54,7 +56,9 @@ class ApiModel(BaseModel):
 class StatusModel(ApiModel):
     """Status is written by us; tolerate fields written by a newer operator."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", allow_inf_nan=False
+    )
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -281,7 +285,7 @@ class PromotionSpec(ApiModel):
     policy: Literal["auto", "manual"] = Field(
         default="auto",
         description="auto promotes on a passing benchmark; manual waits for the annotation "
-        'finetune.dev/approve: "true".',
+        'finetune.dev/approve: "<generation>" naming the generation it approves.',
     )
     require_improvement: bool = Field(
         default=False,
@@ -422,6 +426,9 @@ class Reason:
     STAGE_FAILED = "StageFailed"
     STAGE_EXITED = "StageExited"
     INTERRUPTED = "Interrupted"
+    INVALID_APPROVAL = "InvalidApproval"
+    INVALID_RUN_FILE = "InvalidRunFile"
+    NON_FINITE_LOSS = "NonFiniteLoss"
     # The gate's verdicts.
     SLA_MET = "SlaMet"
     SLA_MISSED = "SlaMissed"
@@ -562,6 +569,10 @@ class FineTuneJobStatus(StatusModel):
     benchmark: BenchmarkReport | None = Field(default=None, description="Benchmark summary.")
     artifacts: Artifacts | None = Field(default=None, description="Artifact URIs.")
     promoted_model: str | None = Field(default=None, description="URI of the promoted copy.")
+    approved_generation: int | None = Field(
+        default=None,
+        description="The generation the finetune.dev/approve annotation approved (manual policy).",
+    )
     sla: str | None = Field(default=None, description="SLA verdict for printing: Passed or Failed.")
     started_at: str | None = Field(default=None, description="When the current run started.")
     runs: list[RunRecord] = Field(

@@ -114,7 +114,7 @@ class RunState:
     gpus: int = 0
     problems: tuple[Problem, ...] = ()
     raw_status: Mapping[str, Any] = field(default_factory=dict)
-    approved: bool = False
+    approval: str | None = None  # the approve annotation's value, if any
     deleting: bool = False
     train: StageState | None = None
     bench: StageState | None = None
@@ -132,6 +132,11 @@ class RunState:
         if status.observed_generation != self.generation:
             return None
         return status.phase
+
+    @property
+    def approved(self) -> bool:
+        """An approval names the generation it approves: a stale one approves nothing."""
+        return self.approval == str(self.generation)
 
     @property
     def resolved(self) -> ResolvedSpec:
@@ -218,11 +223,20 @@ def reads(state: RunState) -> Reads:
             return Reads(progress=True, error=True, failed_stage="train")
         case Step.BENCHMARKING if state.phase != "Benchmarking":
             return Reads(progress=True, metrics=True, checkpoints=True)
-        case Step.BENCHMARKED:
+        case Step.BENCHMARKED | Step.APPROVED:
             return Reads(metrics=True, report=True, champion=model_key(state.resolved))
         case Step.BENCHMARK_FAILED:
             return Reads(error=True, failed_stage="benchmark")
     return Reads()
+
+
+@dataclass(frozen=True)
+class InvalidRunFile:
+    """A stage's result file that is present but unusable (e.g. a NaN loss)."""
+
+    name: str  # metrics.json, benchmark.json
+    message: str
+    non_finite: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,6 +250,7 @@ class RunFiles:
     champion: CurrentAlias | None = None
     last_checkpoint: str | None = None  # URI
     dataset_missing: bool = False
+    invalid: tuple[InvalidRunFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -290,7 +305,7 @@ def decide(obs: Observation, now: datetime) -> Decision:
     s = obs.state
     at = timestamp(now)
     match s.step:
-        case Step.SETTLED | Step.AWAITING_APPROVAL:
+        case Step.SETTLED:
             return NOTHING
         case Step.INVALID:
             return _invalid(s, obs, at)
@@ -313,7 +328,11 @@ def decide(obs: Observation, now: datetime) -> Decision:
             assert s.bench is not None
             return _stage_failed(s, obs, at, "benchmark", s.bench)
         case Step.APPROVED:
-            return _promote(s, obs, at, "approved")
+            return _gate(s, obs, at)
+        case Step.AWAITING_APPROVAL if s.approval is not None:
+            return _invalid_approval(s, at)
+        case Step.AWAITING_APPROVAL:
+            return NOTHING
         case Step.TRAINING_STAGE_LOST | Step.BENCHMARK_STAGE_LOST:
             stage: StageName = "train" if s.step is Step.TRAINING_STAGE_LOST else "benchmark"
             job = stage_name(s.name, s.generation, stage)
@@ -341,6 +360,25 @@ def interrupted(
     assert phase not in SETTLED_PHASES
     fields = {"progress": _wire(with_percent(progress))} if progress else {}
     return _move(state, timestamp(now), phase, Reason.INTERRUPTED, message, fields, warning=True)
+
+
+def _invalid_approval(s: RunState, at: str) -> Decision:
+    """An approve annotation that names another generation (or says "true") approves
+    nothing: say so once, and keep waiting."""
+    message = (
+        f"{APPROVE_ANNOTATION}={s.approval!r} approves nothing: the annotation's value must be "
+        f'the generation it approves, "{s.generation}"; still waiting for approval'
+    )
+    return _move(s, at, "AwaitingApproval", Reason.INVALID_APPROVAL, message, warning=True)
+
+
+def _result_problem(s: RunState, obs: Observation, at: str, name: str) -> Decision | None:
+    """A stage succeeded but left a result the run cannot go on from: fail, naming it."""
+    for invalid in obs.files.invalid:
+        if invalid.name == name:
+            reason = Reason.NON_FINITE_LOSS if invalid.non_finite else Reason.INVALID_RUN_FILE
+            return _fail(s, at, reason, invalid.message)
+    return None
 
 
 def _new_run(s: RunState, obs: Observation, at: str) -> Decision:
@@ -451,6 +489,8 @@ def _training(s: RunState, obs: Observation, at: str) -> Decision:
 
 
 def _trained(s: RunState, obs: Observation, at: str) -> Decision:
+    if (problem := _result_problem(s, obs, at, "metrics.json")) is not None:
+        return problem
     job = stage_name(s.name, s.generation, "benchmark")
     metrics = obs.files.metrics
     loss = metrics.eval_loss if metrics else None
@@ -491,6 +531,9 @@ def _benchmarking(s: RunState, obs: Observation, at: str) -> Decision:
 
 def _gate(s: RunState, obs: Observation, at: str) -> Decision:
     report, metrics = obs.files.report, obs.files.metrics
+    for name in ("metrics.json", "benchmark.json"):
+        if (problem := _result_problem(s, obs, at, name)) is not None:
+            return problem
     if report is None:
         return _fail(
             s,
@@ -511,13 +554,17 @@ def _gate(s: RunState, obs: Observation, at: str) -> Decision:
         return _move(
             s, at, "Rejected", verdict.reason, f"rejected: {verdict.message}", fields, warning=True
         )
-    if spec.promotion.policy == "manual" and not s.approved:
+    if spec.promotion.policy != "manual":
+        return _promote(s, obs, at, verdict.message, fields)
+    if not s.approved:
         message = (
-            f"{verdict.message}; waiting for approval: annotate it with "
-            f"{APPROVE_ANNOTATION}=true (locally: finetune approve {s.namespace}/{s.name})"
+            f"{verdict.message}; waiting for approval of generation {s.generation}: annotate "
+            f'it with {APPROVE_ANNOTATION}="{s.generation}" '
+            f"(locally: finetune approve {s.namespace}/{s.name})"
         )
         return _move(s, at, "AwaitingApproval", Reason.AWAITING_APPROVAL, message, fields)
-    return _promote(s, obs, at, verdict.message, fields)
+    why = f"{verdict.message}; generation {s.generation} approved"
+    return _promote(s, obs, at, why, {**fields, "approvedGeneration": s.generation})
 
 
 def _promote(
@@ -598,10 +645,13 @@ def _move(
         "message": message,
         "conditions": [c.to_wire() for c in conditions],
     }
-    if events is None:
+    status = changes(s.raw_status, patch)
+    if not status:
+        events = ()  # nothing moved: it was said when it did
+    elif events is None:
         events = [Event("Warning" if warning else "Normal", reason, message)]
     return Decision(
-        status=changes(s.raw_status, patch),
+        status=status,
         events=tuple(events),
         create=create,
         delete=delete,

@@ -8,14 +8,25 @@ what its absence means.
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from finetune_core.api import BenchmarkReport, Metrics, Progress
 from finetune_core.layout import CurrentAlias, ErrorReport, RunPaths, scan_checkpoints
-from finetune_core.lifecycle import Reads, RunFiles
+from finetune_core.lifecycle import InvalidRunFile, Reads, RunFiles
 from finetune_core.promotion import PromotionError, read_champion
-from finetune_core.store import ArtifactStore, open_object, read_model_if_valid
+from finetune_core.store import (
+    ArtifactStore,
+    InvalidFile,
+    open_object,
+    read_model,
+    read_model_if_valid,
+)
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def last_checkpoint(store: ArtifactStore, run: RunPaths) -> str | None:
@@ -43,17 +54,32 @@ def champion(store: ArtifactStore, model: str) -> CurrentAlias | None:
         return None
 
 
+def _result(
+    store: ArtifactStore, key: str, model: type[M], invalid: list[InvalidRunFile]
+) -> M | None:
+    """A stage's result file; one that is present but invalid is recorded, since the run
+    cannot go on from it."""
+    try:
+        return read_model(store, key, model)
+    except InvalidFile as error:
+        log.warning("%s", error)
+        invalid.append(InvalidRunFile(key.rsplit("/", 1)[-1], str(error), error.non_finite))
+        return None
+
+
 def read_run_files(
     store: ArtifactStore, run: RunPaths, want: Reads, endpoint: str | None = None
 ) -> RunFiles:
     """Everything `want` names, read in one go (blocking: the operator runs it in a thread)."""
     checkpoint = last_checkpoint(store, run) if want.checkpoints else None
+    invalid: list[InvalidRunFile] = []
+    metrics = _result(store, run.metrics, Metrics, invalid) if want.metrics else None
+    report = _result(store, run.benchmark_report, BenchmarkReport, invalid) if want.report else None
     return RunFiles(
         progress=read_model_if_valid(store, run.progress, Progress) if want.progress else None,
-        metrics=read_model_if_valid(store, run.metrics, Metrics) if want.metrics else None,
-        report=read_model_if_valid(store, run.benchmark_report, BenchmarkReport)
-        if want.report
-        else None,
+        metrics=metrics,
+        report=report,
+        invalid=tuple(invalid),
         error=read_model_if_valid(store, run.error, ErrorReport) if want.error else None,
         champion=champion(store, want.champion) if want.champion else None,
         last_checkpoint=store.uri(checkpoint) if checkpoint else None,

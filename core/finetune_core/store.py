@@ -40,7 +40,12 @@ class StoreUnavailable(OSError):
 
 
 class InvalidFile(ValueError):
-    """A JSON file in the store is not what its model says (or not JSON at all)."""
+    """A JSON file in the store is not what its model says (or not JSON at all).
+    `non_finite`: what is wrong is a NaN or an infinity where a number belongs."""
+
+    def __init__(self, message: str, non_finite: bool = False):
+        super().__init__(message)
+        self.non_finite = non_finite
 
 
 class ArtifactStore(ABC):
@@ -343,7 +348,9 @@ def read_model(store: ArtifactStore, key: str, model: type[M]) -> M | None:
             f"{'.'.join(str(part) for part in item['loc']) or '(top)'}: {item['msg']}"
             for item in error.errors()
         )
-        raise InvalidFile(f"{store.uri(key)} is not a valid {model.__name__}: {problems}") from None
+        non_finite = any(item["type"] == "finite_number" for item in error.errors())
+        message = f"{store.uri(key)} is not a valid {model.__name__}: {problems}"
+        raise InvalidFile(message, non_finite) from None
 
 
 def read_model_if_valid(store: ArtifactStore, key: str, model: type[M]) -> M | None:

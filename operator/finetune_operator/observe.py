@@ -83,7 +83,7 @@ def run_state(obj: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]] = ()) ->
         gpus=spec.resources.gpus if spec is not None else 0,
         problems=tuple(problems),
         raw_status=obj.get("status") or {},
-        approved=(meta.get("annotations") or {}).get(APPROVE_ANNOTATION) == "true",
+        approval=(meta.get("annotations") or {}).get(APPROVE_ANNOTATION),
         deleting=bool(meta.get("deletionTimestamp")),
         train=states.get(train_name),
         bench=states.get(bench_name),

@@ -109,7 +109,7 @@ class LocalExecutor:
             spec=self.job.spec,
             gpus=self.job.gpus,
             raw_status=self.raw_status,
-            approved=self.approved,
+            approval=str(self.generation) if self.approved else None,
             train=self.stage_state("train"),
             bench=self.stage_state("benchmark"),
         )

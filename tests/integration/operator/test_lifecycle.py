@@ -142,9 +142,16 @@ async def test_manual_policy_waits_for_the_approval_annotation(cluster: Cluster)
     assert APPROVE_ANNOTATION in status["message"]
     assert not cluster.store.exists("models/smollm2-135m/current.json")
 
+    # "true" (the old form) approves nothing: a Warning says which value would.
     await cluster.patch("careful", {"metadata": {"annotations": {APPROVE_ANNOTATION: "true"}}})
+    await cluster.wait_for(
+        lambda: "InvalidApproval" in cluster.event_reasons("careful"), "an InvalidApproval Event"
+    )
+    assert cluster.status("careful")["phase"] == "AwaitingApproval"
+    await cluster.patch("careful", {"metadata": {"annotations": {APPROVE_ANNOTATION: "1"}}})
     status = await cluster.wait_for_phase("careful", "Promoted")
-    assert "approved" in status["message"]
+    assert "generation 1 approved" in status["message"]
+    assert status["approvedGeneration"] == 1
     alias = cluster.store.get_json("models/smollm2-135m/current.json")
     assert alias["version"] == f"{NAMESPACE}-careful-g1"
 

@@ -16,6 +16,7 @@ from finetune_core.lifecycle import (
     NOTHING,
     RUN_HISTORY,
     Decision,
+    InvalidRunFile,
     Observation,
     Reads,
     RunFiles,
@@ -484,30 +485,87 @@ def test_promotion_error_fails_the_run() -> None:
     assert decision.events[0].reason == "PromotionFailed"
 
 
-def test_manual_policy_waits_for_the_annotation() -> None:
+def test_manual_policy_waits_for_an_approval_of_its_generation() -> None:
     obj = at_phase("Benchmarking", promotion={"policy": "manual"})
     decision = benchmarked(obj, report=report(), metrics=METRICS)
     assert decision.status["phase"] == "AwaitingApproval"
-    assert APPROVE_ANNOTATION in decision.status["message"]
+    assert f'{APPROVE_ANNOTATION}="1"' in decision.status["message"]
     waiting = applied(obj, decision)
     assert condition(waiting, "Reconciling")["status"] == "False"
     assert condition(waiting, "Ready")["status"] == "False"
     assert settled(waiting)
     assert decide(observe(waiting), LATER) == NOTHING
 
-    waiting["metadata"]["annotations"][APPROVE_ANNOTATION] = "true"
+    waiting["metadata"]["annotations"][APPROVE_ANNOTATION] = "1"
     assert not settled(waiting)
-    assert decide(observe(waiting), LATER) == Decision(promote=True)
+    found = {"report": report(), "metrics": METRICS}
+    assert reads(waiting, []) == Reads(metrics=True, report=True, champion="smollm2-135m")
+    assert decide(observe(waiting, **found), LATER) == Decision(promote=True)
     uri = "s3://finetune/models/smollm2-135m/ml-agent-g1"
-    promoted = decide(observe(waiting, promoted_uri=uri), LATER)
+    promoted = decide(observe(waiting, **found, promoted_uri=uri), LATER)
     assert promoted.status["phase"] == "Promoted"
-    assert promoted.status["message"] == f"approved; promoted to {uri}"
+    assert promoted.status["approvedGeneration"] == 1
+    assert promoted.status["message"].endswith(f"; generation 1 approved; promoted to {uri}")
+
+
+@pytest.mark.parametrize("value", ["true", "yes", "2", " 1"])
+def test_an_approval_of_another_form_or_generation_approves_nothing(value: str) -> None:
+    obj = at_phase("Benchmarking", promotion={"policy": "manual"})
+    waiting = applied(obj, benchmarked(obj, report=report(), metrics=METRICS))
+    waiting["metadata"]["annotations"][APPROVE_ANNOTATION] = value
+    decision = decide(observe(waiting), LATER)
+    assert not decision.promote
+    after = applied(waiting, decision)
+    assert after["status"]["phase"] == "AwaitingApproval"
+    assert condition(after, "Ready")["reason"] == "InvalidApproval"
+    assert '"1"' in after["status"]["message"] and "approves nothing" in after["status"]["message"]
+    [event] = decision.events
+    assert (event.type, event.reason) == ("Warning", "InvalidApproval")
+    # Said once: the next pass over the same annotation changes nothing and says nothing.
+    assert decide(observe(after), LATER) == NOTHING
+
+
+def test_approval_regates_against_the_champion_read_at_approval_time() -> None:
+    """Days may pass between the gate and the approval: a better champion promoted since
+    then wins, and the approved run is rejected instead of displacing it."""
+    obj = at_phase("Benchmarking", promotion={"policy": "manual", "requireImprovement": True})
+    waiting = applied(obj, benchmarked(obj, report=report(), metrics=METRICS))
+    assert waiting["status"]["phase"] == "AwaitingApproval"
+    waiting["metadata"]["annotations"][APPROVE_ANNOTATION] = "1"
+    better = CurrentAlias(version="other-g4", uri="s3://m/x", promoted_at="t", eval_loss=1.0)
+    found = {"report": report(), "metrics": METRICS, "champion": better}
+    decision = decide(observe(waiting, **found), LATER)
+    assert decision.status["phase"] == "Rejected"
+    assert "other-g4" in decision.status["message"]
 
 
 def test_approval_given_in_advance_promotes_at_once() -> None:
     obj = at_phase("Benchmarking", promotion={"policy": "manual"})
-    obj["metadata"]["annotations"][APPROVE_ANNOTATION] = "true"
+    obj["metadata"]["annotations"][APPROVE_ANNOTATION] = "1"
     assert benchmarked(obj, report=report()) == Decision(promote=True)
+
+
+def test_a_stale_approval_does_not_approve_a_new_generation() -> None:
+    obj = at_phase("Benchmarking", generation=2, promotion={"policy": "manual"})
+    obj["metadata"]["annotations"][APPROVE_ANNOTATION] = "1"
+    jobs = (job(stage, generation=2, outcome="succeeded") for stage in ("train", "benchmark"))
+    decision = decide(observe(obj, *jobs, report=report(), metrics=METRICS), NOW)
+    assert decision.status["phase"] == "AwaitingApproval"
+
+
+def test_a_non_finite_result_fails_the_run_and_promotes_nothing() -> None:
+    obj = at_phase("Benchmarking")
+    nan = InvalidRunFile("metrics.json", "metrics.json: evalLoss: not finite", non_finite=True)
+    decision = benchmarked(obj, report=report(), invalid=(nan,))
+    assert not decision.promote
+    assert (decision.status["phase"], decision.status["conditions"][0]["reason"]) == (
+        "Failed",
+        "NonFiniteLoss",
+    )
+    trained = decide(
+        observe(at_phase("Training"), job("train", outcome="succeeded"), invalid=(nan,)), NOW
+    )
+    assert (trained.status["phase"], trained.create) == ("Failed", None)
 
 
 # ------------------------------------------------------------------ new generations
