@@ -5,6 +5,7 @@ images' packages, environment, supported ROCm base and their build-time stack ch
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +345,20 @@ def test_stack_check_torch_build_and_compiler(check: Any, tmp_path: Path) -> Non
 def test_stack_check_usage(check: Any) -> None:
     assert check.main([]) == 2
     assert check.main(["metal"]) == 2
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_wheel_stage_copies_every_package_root(path: Path) -> None:
+    """The wheel is built from what the first stage copies: a package root that
+    pyproject.toml lists but the stage leaves out builds a wheel without it (and without
+    the `finetune` entrypoint when that is the one missing)."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    roots = pyproject["tool"]["setuptools"]["packages"]["find"]["where"]
+    first = parse(path).stages[0]
+    copied = {source for value in first.values("COPY") for source in value.split()[:-1]}
+    assert {"pyproject.toml", "README.md", *roots} <= copied, (
+        f"{path}: the wheel stage copies {sorted(copied)}, the package roots are {roots}"
+    )
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
