@@ -34,7 +34,7 @@ from tests.unit.deploy.dockerfiles import (
 )
 from tests.unit.deploy.k8s import REPO
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.network, pytest.mark.timeout(600)]
 
 RESOLVE_TIMEOUT = 300
 WHEEL_IN_IMAGE = re.compile(r"\$\(ls /tmp/wheels/finetune_operator-\*\.whl\)")
