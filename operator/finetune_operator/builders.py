@@ -28,7 +28,23 @@ CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 # The root filesystem is read-only: HOME and the model cache live on an emptyDir.
 CACHE_DIR = "/cache"
+HF_HOME = f"{CACHE_DIR}/huggingface"
 _MOUNTS = {"shm": "/dev/shm", "tmp": "/tmp", "cache": CACHE_DIR}
+HF_CACHE_VOLUME = "huggingface"
+
+# The pod's UID has no passwd entry in the image (getpass.getuser(), which torch's inductor
+# uses for its cache path, raises without USER/LOGNAME) and nothing but the volumes is
+# writable: every cache goes under CACHE_DIR. The trainer images set the same defaults.
+RUNTIME_ENV = {
+    "HOME": CACHE_DIR,
+    "USER": "finetune",
+    "LOGNAME": "finetune",
+    "XDG_CACHE_HOME": f"{CACHE_DIR}/.cache",
+    "HF_HOME": HF_HOME,
+    "TORCHINDUCTOR_CACHE_DIR": f"{CACHE_DIR}/torchinductor",
+    "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
+    "UNSLOTH_COMPILE_LOCATION": f"{CACHE_DIR}/unsloth_compiled_cache",
+}
 
 
 def child_labels(name: str, generation: int, stage: StageName) -> dict[str, str]:
@@ -131,11 +147,21 @@ def _pod_spec(
                 "name": "shm",
                 "emptyDir": {"medium": "Memory", "sizeLimit": shm_size},
             },
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "cache", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
+            {"name": "cache", "emptyDir": {"sizeLimit": settings.cache_size_limit}},
         ],
         **_placement(resources, settings),
     }
+    if settings.hf_cache_claim:
+        # Model downloads outlive the pod: a retry or the benchmark finds them there.
+        pod["volumes"].append(
+            {
+                "name": HF_CACHE_VOLUME,
+                "persistentVolumeClaim": {"claimName": settings.hf_cache_claim},
+            }
+        )
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in settings.image_pull_secrets]
     if settings.pod_service_account:
         pod["serviceAccountName"] = settings.pod_service_account
     return pod
@@ -170,7 +196,7 @@ def _container(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["finetune", stage, "--run", run_uri],
         "env": _env(settings),
-        "volumeMounts": [{"name": volume, "mountPath": path} for volume, path in _MOUNTS.items()],
+        "volumeMounts": _volume_mounts(settings),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -180,9 +206,21 @@ def _container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     amounts = _amounts(resources, settings)
+    # The emptyDirs live on the node's disk: ask for it (a request only; their sizeLimits
+    # bound what the pod may write).
+    container["resources"] = {
+        "requests": {**amounts, "ephemeral-storage": settings.ephemeral_storage_request}
+    }
     if amounts:
-        container["resources"] = {"requests": amounts, "limits": dict(amounts)}
+        container["resources"]["limits"] = dict(amounts)
     return container
+
+
+def _volume_mounts(settings: OperatorSettings) -> list[dict[str, str]]:
+    mounts = [{"name": volume, "mountPath": path} for volume, path in _MOUNTS.items()]
+    if settings.hf_cache_claim:
+        mounts.append({"name": HF_CACHE_VOLUME, "mountPath": HF_HOME})
+    return mounts
 
 
 def _amounts(resources: ResourcesSpec, settings: OperatorSettings) -> dict[str, str]:
@@ -210,9 +248,6 @@ def _env(settings: OperatorSettings) -> list[dict[str, Any]]:
         }
         for key in CREDENTIAL_KEYS
     ]
-    env += [
-        {"name": "FINETUNE_LOG_FORMAT", "value": "json"},
-        {"name": "HOME", "value": CACHE_DIR},
-        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
-    ]
+    env.append({"name": "FINETUNE_LOG_FORMAT", "value": "json"})
+    env += [{"name": name, "value": value} for name, value in RUNTIME_ENV.items()]
     return env

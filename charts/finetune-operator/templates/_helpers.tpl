@@ -46,6 +46,15 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) }}
 {{- end }}
 
+{{/* trainer.imagePullSecrets ([{name: ...}]) as the comma-separated names the operator reads. */}}
+{{- define "finetune-operator.trainerPullSecrets" -}}
+{{- $names := list }}
+{{- range .Values.trainer.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}
+
 {{/*
 What the operator does in a namespace where FineTuneJobs live: reconcile the jobs
 and their status, create the training and benchmark Jobs (and delete the unfinished

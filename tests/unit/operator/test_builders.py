@@ -12,7 +12,7 @@ import pytest
 from finetune_core.api import MAX_NAME_LENGTH, FineTuneJobSpec
 from finetune_core.exit_codes import EXIT_INVALID_INPUT
 from finetune_core.lifecycle import StageName, stage_name
-from finetune_operator.builders import build_job
+from finetune_operator.builders import RUNTIME_ENV, build_job
 from finetune_operator.settings import OperatorSettings
 from tests.conftest import TEST_CREDENTIALS
 
@@ -85,6 +85,9 @@ def container(built: dict[str, Any]) -> dict[str, Any]:
 def test_jobs_are_valid_kubernetes_objects(stage: StageName, case: str, version: str) -> None:
     built = job(stage, RESOURCE_CASES[case])
     assert kubernetes_validate.validate(built, version, strict=True) == version
+    everything = settings(image_pull_secrets=["registry"], hf_cache_claim="hf-models")
+    built = job(stage, RESOURCE_CASES[case], config=everything)
+    assert kubernetes_validate.validate(built, version, strict=True) == version
 
 
 def test_names_are_deterministic_per_generation_and_stage() -> None:
@@ -151,6 +154,14 @@ def test_pods_are_locked_down(stage: StageName, case: str) -> None:
     assert container(built)["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert "hostNetwork" not in spec and "hostPID" not in spec and "hostIPC" not in spec
     assert all(set(volume) == {"name", "emptyDir"} for volume in spec["volumes"])
+    # Every emptyDir is bounded: a runaway cache evicts this pod, not its neighbours.
+    assert all("sizeLimit" in volume["emptyDir"] for volume in spec["volumes"])
+
+
+def mounted_under(path: str, mounts: dict[str, str]) -> str | None:
+    """The deepest mount that holds `path`, or None when it is on the (read-only) root."""
+    holders = [m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")]
+    return max(holders, key=len) if holders else None
 
 
 def test_writable_paths_are_volumes() -> None:
@@ -159,10 +170,69 @@ def test_writable_paths_are_volumes() -> None:
     mounts = {mount["mountPath"]: mount["name"] for mount in container(built)["volumeMounts"]}
     assert set(mounts.values()) == set(volumes)
     assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
-    assert "/tmp" in mounts
+    assert volumes[mounts["/tmp"]]["emptyDir"] == {"sizeLimit": "8Gi"}
+    assert volumes[mounts["/cache"]]["emptyDir"] == {"sizeLimit": "64Gi"}
     env = {item["name"]: item.get("value") for item in container(built)["env"]}
-    for variable in ["HOME", "HF_HOME"]:
-        assert any(env[variable].startswith(path) for path in mounts), variable
+    caches = [
+        "HOME",
+        "HF_HOME",
+        "XDG_CACHE_HOME",
+        "TORCHINDUCTOR_CACHE_DIR",
+        "TRITON_CACHE_DIR",
+        "UNSLOTH_COMPILE_LOCATION",
+    ]
+    for variable in caches:
+        assert mounted_under(env[variable], mounts) not in {None, "/dev/shm"}, variable
+
+
+def test_an_unknown_uid_still_has_a_user_name() -> None:
+    """getpass.getuser() reads LOGNAME/USER before the passwd file, which has no entry for
+    the pod's UID; torch's inductor cache path calls it."""
+    env = {item["name"]: item.get("value") for item in container(job())["env"]}
+    assert env["USER"] and env["LOGNAME"]
+    assert {name: env[name] for name in RUNTIME_ENV} == RUNTIME_ENV
+
+
+def test_size_limits_and_disk_request_from_the_settings() -> None:
+    config = settings(
+        cache_size_limit="200Gi", tmp_size_limit="1Gi", ephemeral_storage_request="50Gi"
+    )
+    for stage in ("train", "benchmark"):
+        built = job(stage, config=config)
+        limits = {v["name"]: v["emptyDir"].get("sizeLimit") for v in pod(built)["volumes"]}
+        assert limits == {"shm": "16Gi", "tmp": "1Gi", "cache": "200Gi"}
+        assert container(built)["resources"]["requests"]["ephemeral-storage"] == "50Gi"
+        # A request only: the emptyDirs' sizeLimits are what bound the pod's writes.
+        assert "ephemeral-storage" not in container(built)["resources"]["limits"]
+
+
+def test_hugging_face_cache_on_a_claim_when_configured() -> None:
+    assert all("persistentVolumeClaim" not in v for v in pod(job())["volumes"])
+    config = settings(hf_cache_claim="hf-models")
+    for stage in ("train", "benchmark"):
+        built = job(stage, config=config)
+        volumes = {volume["name"]: volume for volume in pod(built)["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in container(built)["volumeMounts"]}
+        env = {item["name"]: item.get("value") for item in container(built)["env"]}
+        holder = mounted_under(env["HF_HOME"], mounts)
+        assert holder == env["HF_HOME"]
+        assert volumes[mounts[holder]] == {
+            "name": "huggingface",
+            "persistentVolumeClaim": {"claimName": "hf-models"},
+        }
+        # The rest of the cache (HOME, compile caches) stays on the bounded emptyDir.
+        assert mounted_under(env["TRITON_CACHE_DIR"], mounts) == "/cache"
+        assert set(mounts.values()) == set(volumes)
+
+
+def test_image_pull_secrets_reach_both_pods() -> None:
+    assert "imagePullSecrets" not in pod(job())
+    config = settings(image_pull_secrets=["registry-a", "registry-b"])
+    for stage in ("train", "benchmark"):
+        assert pod(job(stage, config=config))["imagePullSecrets"] == [
+            {"name": "registry-a"},
+            {"name": "registry-b"},
+        ]
 
 
 def test_shm_size_from_the_spec_or_the_settings() -> None:
@@ -222,7 +292,7 @@ def test_image_and_service_account_from_the_settings() -> None:
 def test_gpu_job_gets_the_gpu_and_the_gpu_nodes() -> None:
     built = job(resources={"gpus": 2})
     assert container(built)["resources"] == {
-        "requests": {"amd.com/gpu": "2"},
+        "requests": {"amd.com/gpu": "2", "ephemeral-storage": "32Gi"},
         "limits": {"amd.com/gpu": "2"},
     }
     assert pod(built)["nodeSelector"] == {"amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM"}
@@ -236,7 +306,7 @@ def test_gpu_job_gets_the_gpu_and_the_gpu_nodes() -> None:
 
 def test_cpu_job_asks_for_no_gpu_and_no_gpu_nodes() -> None:
     built = job(resources={"gpus": 0})
-    assert "resources" not in container(built)
+    assert container(built)["resources"] == {"requests": {"ephemeral-storage": "32Gi"}}
     assert "nodeSelector" not in pod(built)
     assert "tolerations" not in pod(built)
 
@@ -245,7 +315,10 @@ def test_spec_resources_replace_the_operator_defaults() -> None:
     for gpus in (0, 1):
         built = job(resources={**OVERRIDES, "gpus": gpus})
         amounts = {"cpu": "16", "memory": "128Gi"} | ({"amd.com/gpu": "1"} if gpus else {})
-        assert container(built)["resources"] == {"requests": amounts, "limits": amounts}
+        assert container(built)["resources"] == {
+            "requests": amounts | {"ephemeral-storage": "32Gi"},
+            "limits": amounts,
+        }
         assert pod(built)["nodeSelector"] == {"pool": "cpu-large"}
         assert pod(built)["tolerations"] == OVERRIDES["tolerations"]
 
