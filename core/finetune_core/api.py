@@ -381,6 +381,11 @@ class RunConfig(ApiModel):
     namespace: str
     name: str
     generation: int = Field(ge=1)
+    uid: str | None = Field(
+        default=None,
+        description="The object the run belongs to (metadata.uid; a local job's own id): a "
+        "run directory is only ever read for the object that wrote it.",
+    )
     spec: ResolvedSpec
     created_at: datetime | None = None
 

@@ -114,6 +114,11 @@ class RunPaths:
     def report_html(self) -> str:
         return f"{self.report}/index.html"
 
+    def superseded(self, uid: str) -> str:
+        """Where a run directory written for another object of the same name (deleted and
+        created again) is moved, so that nothing is lost and nothing is read by mistake."""
+        return f"runs/{self.namespace}/{self.name}/superseded/{uid}/g{self.generation}"
+
     @property
     def version(self) -> str:
         """The name a promoted copy of this run gets."""

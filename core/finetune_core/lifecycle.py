@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal, cast
@@ -119,7 +119,8 @@ class RunState:
     train: StageState | None = None
     bench: StageState | None = None
     superseded: tuple[str, ...] = ()  # unfinished stages of other generations
-    uid: str | None = None  # the object's identity (metadata.uid in a cluster)
+    leftovers: tuple[str, ...] = ()  # stages of a deleted predecessor of the same name
+    uid: str | None = None  # the object's identity (metadata.uid; a local job's own id)
 
     @property
     def status(self) -> FineTuneJobStatus:
@@ -301,9 +302,21 @@ NOTHING = Decision()
 
 
 def decide(obs: Observation, now: datetime) -> Decision:
-    """The next step of the run, given everything observed."""
+    """The next step of the run, given everything observed. Stages that are not this run's
+    (a superseded generation's, a deleted predecessor's) are deleted on every pass until
+    they are gone; a stage of ours is never created while a predecessor's of the same name
+    is still there."""
     s = obs.state
-    at = timestamp(now)
+    decision = _decide(s, obs, timestamp(now))
+    if decision.create is not None:
+        blocking = stage_name(s.name, s.generation, decision.create)
+        if blocking in s.leftovers:
+            decision = Decision()  # the next pass, once it is gone, creates ours
+    stale = tuple(name for name in s.superseded + s.leftovers if name not in decision.delete)
+    return replace(decision, delete=decision.delete + stale) if stale else decision
+
+
+def _decide(s: RunState, obs: Observation, at: str) -> Decision:
     match s.step:
         case Step.SETTLED:
             return NOTHING
@@ -404,7 +417,6 @@ def _new_run(s: RunState, obs: Observation, at: str) -> Decision:
         message,
         patch,
         events=events,
-        delete=s.superseded,
         requeue=True,
     )
 
@@ -447,12 +459,8 @@ def _record(status: FineTuneJobStatus, at: str) -> RunRecord | None:
 
 def _invalid(s: RunState, obs: Observation, at: str) -> Decision:
     message = "invalid spec: " + "; ".join(str(problem) for problem in s.problems)
-    fields: dict[str, Any] = {}
-    delete: tuple[str, ...] = ()
-    if s.phase is None:
-        fields = _new_run_fields(s, obs, at)
-        delete = s.superseded
-    return _move(s, at, "Failed", Reason.INVALID_SPEC, message, fields, warning=True, delete=delete)
+    fields = _new_run_fields(s, obs, at) if s.phase is None else {}
+    return _move(s, at, "Failed", Reason.INVALID_SPEC, message, fields, warning=True)
 
 
 def _start_training(s: RunState, obs: Observation, at: str) -> Decision:

@@ -26,7 +26,7 @@ from finetune_core.layout import RunPaths
 from finetune_core.lifecycle import Decision, Event, Observation, RunState, decide, reads
 from finetune_core.manifest import parse_manifest
 from finetune_core.promotion import PromotionError, promote
-from finetune_core.run_files import read_run_files
+from finetune_core.run_files import move_aside, read_run_files
 from finetune_core.store import ArtifactStore
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
 from finetune_operator.kube import Kube
@@ -117,7 +117,7 @@ class Controller:
         want = reads(state)
         paths = state.paths
         files = await asyncio.to_thread(
-            read_run_files, self.store, paths, want, self.settings.s3_endpoint
+            read_run_files, self.store, paths, want, self.settings.s3_endpoint, state.uid
         )
         if files.error is not None:
             error = files.error.model_copy(
@@ -161,7 +161,7 @@ class Controller:
         if decision.create is None:
             return
         if decision.create == "train":
-            await self._write_config(s.paths, s.resolved)
+            await self._write_config(s.paths, s.resolved, s.uid)
         manifest = build_job(
             decision.create,
             name=s.name,
@@ -181,14 +181,17 @@ class Controller:
             manifest["metadata"]["name"],
         )
 
-    async def _write_config(self, paths: RunPaths, spec: ResolvedSpec) -> None:
-        """config.json tells the pods what to run; a run's config is written once."""
+    async def _write_config(self, paths: RunPaths, spec: ResolvedSpec, uid: str | None) -> None:
+        """config.json tells the pods what to run; a run's config is written once, by the
+        object the run belongs to (a predecessor's run directory is moved aside first)."""
+        await asyncio.to_thread(move_aside, self.store, paths, uid)
         if await asyncio.to_thread(self.store.exists, paths.config):
             return
         config = RunConfig(
             namespace=paths.namespace,
             name=paths.name,
             generation=paths.generation,
+            uid=uid,
             spec=spec,
             created_at=datetime.now(UTC),
         )

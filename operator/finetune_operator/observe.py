@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from finetune_core.api import DATASET_SCHEMES, FineTuneJobSpec, Reason
+from finetune_core.api import DATASET_SCHEMES, KIND, FineTuneJobSpec, Reason
 from finetune_core.lifecycle import (
     APPROVE_ANNOTATION,
     RunState,
@@ -15,6 +15,7 @@ from finetune_core.lifecycle import (
     stage_name,
 )
 from finetune_core.manifest import InvalidManifest, Problem, parse_manifest
+from finetune_operator.builders import LABEL_MANAGED_BY, MANAGED_BY
 
 
 def stage_state(job: Mapping[str, Any]) -> StageState:
@@ -65,7 +66,9 @@ def run_state(obj: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]] = ()) ->
     except InvalidManifest as invalid:
         problems = invalid.problems
     resolved = spec.resolve() if spec is not None and not problems else None
-    states = {job["metadata"]["name"]: stage_state(job) for job in jobs}
+    uid = meta.get("uid")
+    ours, leftovers = owned_jobs(jobs, uid)
+    states = {job["metadata"]["name"]: stage_state(job) for job in ours}
     train_name = stage_name(name, generation, "train")
     bench_name = stage_name(name, generation, "benchmark")
     superseded = tuple(
@@ -88,8 +91,28 @@ def run_state(obj: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]] = ()) ->
         train=states.get(train_name),
         bench=states.get(bench_name),
         superseded=superseded,
-        uid=meta.get("uid"),
+        leftovers=tuple(sorted(job["metadata"]["name"] for job in leftovers)),
+        uid=uid,
     )
+
+
+def owned_jobs(
+    jobs: Sequence[Mapping[str, Any]], uid: str | None
+) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """(this object's Jobs, a deleted predecessor's) among the Jobs labelled with its name.
+    Only Jobs the operator made count (the managed-by label and a FineTuneJob owner); a Job
+    a user merely labelled is neither adopted nor deleted."""
+    ours: list[Mapping[str, Any]] = []
+    leftovers: list[Mapping[str, Any]] = []
+    for job in jobs:
+        meta = job.get("metadata") or {}
+        if (meta.get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY:
+            continue
+        owners = [ref for ref in meta.get("ownerReferences") or [] if ref.get("kind") == KIND]
+        if not owners:
+            continue
+        (ours if uid is None or owners[0].get("uid") == uid else leftovers).append(job)
+    return ours, leftovers
 
 
 def settled(obj: Mapping[str, Any]) -> bool:

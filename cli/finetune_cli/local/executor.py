@@ -15,6 +15,7 @@ import shlex
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -106,6 +107,7 @@ class LocalExecutor:
             namespace=self.job.namespace,
             name=self.job.name,
             generation=self.generation,
+            uid=self.job.uid,
             spec=self.job.spec,
             gpus=self.job.gpus,
             raw_status=self.raw_status,
@@ -139,7 +141,7 @@ class LocalExecutor:
 
     def observe(self) -> Observation:
         state = self.state()
-        files = read_run_files(self.store, self.paths, reads(state), self.endpoint)
+        files = read_run_files(self.store, self.paths, reads(state), self.endpoint, self.job.uid)
         return Observation(state=state, run_uri=self.store.uri(self.paths.prefix), files=files)
 
     # ---------------------------------------------------------------- act and record
@@ -275,6 +277,10 @@ def _run(
     command: StageCommand,
 ) -> int:
     latest = latest_run(store, job.namespace, job.name)
+    # A local job has no API server to give it a UID: it gets one at its first run, and
+    # every later generation keeps it.
+    known = latest.config.uid if latest is not None else None
+    job = replace(job, uid=known or str(uuid.uuid4()))
     choice = choose_generation(job.spec, latest, job.dataset_sha256)
     run = RunPaths(job.namespace, job.name, choice.generation)
     console.print(
@@ -293,6 +299,7 @@ def _run(
             namespace=job.namespace,
             name=job.name,
             generation=choice.generation,
+            uid=job.uid,
             spec=job.spec,
             created_at=datetime.now(UTC),
         )
@@ -353,7 +360,8 @@ def approve_run(
             "only a run in AwaitingApproval can be approved[/]"
         )
         return EXIT_FAILED
-    job = LocalJob(run.namespace, run.name, snapshot.config.spec, gpus=0, dataset_sha256=None)
+    config = snapshot.config
+    job = LocalJob(run.namespace, run.name, config.spec, 0, None, config.uid)
     with _executor(
         console, artifacts, job, run.generation, status.to_wire(), endpoint, command, approved=True
     ) as executor:

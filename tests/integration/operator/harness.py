@@ -224,6 +224,15 @@ class Cluster:
         )
         return created
 
+    async def delete(self, name: str) -> None:
+        """Delete a FineTuneJob (the operator's finalizer goes first, as on a cluster)."""
+        await self._request("DELETE", f"{FTJ_URL}/{name}", None, "application/json")
+        await self.wait_for(lambda: self.absent(name), f"{name} deleted")
+
+    def absent(self, name: str) -> bool:
+        key = (FINETUNEJOBS, NAMESPACE, name)
+        return key not in self.api.objects or self.api.objects[key].deleted
+
     async def patch(self, name: str, patch: Mapping[str, Any]) -> None:
         await self._request(
             "PATCH", f"{FTJ_URL}/{name}", dict(patch), "application/merge-patch+json"

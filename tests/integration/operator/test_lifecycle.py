@@ -182,3 +182,42 @@ async def test_spec_edit_starts_a_new_generation_and_records_the_old_run(
     )
     assert [job["metadata"]["name"] for job in cluster.jobs("gitops")] == ["gitops-g2-train"]
     assert cluster.condition("gitops", "Ready")["observedGeneration"] == 2
+
+
+async def test_a_recreated_job_never_reads_or_adopts_its_predecessors_run(
+    cluster: Cluster,
+) -> None:
+    """kubectl delete + kubectl apply of a changed spec: the old Job and run directory belong
+    to the deleted object. The new one moves the directory aside, waits for the old Job to
+    be deleted, and trains and gates on its own results only."""
+    await cluster.create(small_job("again", cluster.dataset))
+    old_train = await cluster.wait_for_job("again", 1, "train")
+    old_uid = cluster.ftj("again")["metadata"]["uid"]
+    run = cluster.run("again")
+    cluster.pod_trained(run, eval_loss=0.5)
+    await cluster.job_succeeded(old_train["metadata"]["name"])
+    await cluster.wait_for_job("again", 1, "benchmark")
+    # The emulator has no garbage collector: the old Jobs stay, as they do for a while in a
+    # cluster (or for good, when the owner was deleted with --cascade=orphan).
+    await cluster.delete("again")
+    await cluster.create(small_job("again", cluster.dataset, lora={"r": 32}))
+    new_uid = cluster.ftj("again")["metadata"]["uid"]
+    assert new_uid != old_uid
+
+    new_train = await cluster.wait_for(
+        lambda: (
+            (job := cluster.job("again-g1-train"))
+            and job["metadata"]["ownerReferences"][0]["uid"] == new_uid
+            and job
+        ),
+        "a training Job owned by the new object",
+    )
+    assert cluster.job("again-g1-bench") is None  # the predecessor's was deleted too
+    moved = f"runs/{NAMESPACE}/again/superseded/{old_uid}/g1"
+    assert cluster.store.exists(f"{moved}/metrics.json")
+    config = RunConfig.model_validate(cluster.store.get_json(run.config))
+    assert (config.uid, config.spec.lora_r) == (new_uid, 32)
+    assert not cluster.store.exists(run.metrics)
+    await cluster.job_running(new_train["metadata"]["name"])
+    status = await cluster.wait_for_phase("again", "Training")
+    assert status.get("metrics") is None

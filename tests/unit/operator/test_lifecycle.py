@@ -27,7 +27,7 @@ from finetune_core.lifecycle import (
     stage_name,
 )
 from finetune_core.lifecycle import reads as lifecycle_reads
-from finetune_operator.builders import LABEL_JOB
+from finetune_operator.builders import LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
 from finetune_operator.observe import run_state, settled, stage_state, termination_message
 from tests.support.manifests import SMALL_SPEC, finetunejob
 
@@ -67,6 +67,7 @@ def job(
     ready: bool = False,
     reason: str = "",
     message: str = "",
+    owner: str = "u-1",
 ) -> dict[str, Any]:
     status: dict[str, Any] = {"active": 1, "ready": int(ready)} if outcome == "running" else {}
     if outcome == "succeeded":
@@ -86,7 +87,11 @@ def job(
             ],
         }
     return {
-        "metadata": {"name": stage_name(NAME, generation, stage), "labels": {LABEL_JOB: NAME}},
+        "metadata": {
+            "name": stage_name(NAME, generation, stage),
+            "labels": {LABEL_JOB: NAME, LABEL_MANAGED_BY: MANAGED_BY},
+            "ownerReferences": [{"kind": "FineTuneJob", "name": NAME, "uid": owner}],
+        },
         "status": status,
     }
 
@@ -598,7 +603,8 @@ def test_a_spec_edit_supersedes_the_running_generation() -> None:
     assert condition(started, "Reconciling")["observedGeneration"] == 2
     next_step = decide(observe(started, job("train", generation=1, ready=True)), NOW)
     assert next_step.create == "train"
-    assert next_step.delete == ()
+    # The old Job is still there (it takes time to go): deleted again until it is gone.
+    assert next_step.delete == ("agent-g1-train",)
 
 
 def test_runs_keep_the_newest_five_with_how_each_ended() -> None:
@@ -735,3 +741,28 @@ def test_nothing_happens_to_an_object_being_deleted() -> None:
     obj["metadata"]["deletionTimestamp"] = "2026-03-01T11:00:00Z"
     assert run_state(obj, [job("train", outcome="succeeded")]).step is Step.SETTLED
     assert decide(observe(obj, job("train", outcome="succeeded")), NOW) == NOTHING
+
+
+# ------------------------------------------------------------------ run identity
+
+
+def test_a_predecessors_job_is_deleted_not_adopted_and_ours_waits_for_it() -> None:
+    """Deleted and applied again with the same name: the old object's Job (another owner
+    UID) is not this run's; it is deleted, and ours is created once it is gone."""
+    obj = at_phase("Validating")
+    old = job("train", outcome="succeeded", owner="u-old")
+    state = run_state(obj, [old])
+    assert (state.train, state.leftovers) == (None, ("agent-g1-train",))
+    waiting = decide(observe(obj, old), NOW)
+    assert (waiting.create, waiting.delete, waiting.status) == (None, ("agent-g1-train",), {})
+    created = decide(observe(obj), NOW)
+    assert (created.create, created.delete) == ("train", ())
+
+
+def test_a_job_a_user_merely_labelled_is_neither_adopted_nor_deleted() -> None:
+    obj = at_phase("Training")
+    labelled = job("train", outcome="succeeded")
+    labelled["metadata"]["labels"].pop(LABEL_MANAGED_BY)
+    state = run_state(obj, [labelled])
+    assert (state.train, state.leftovers, state.superseded) == (None, (), ())
+    assert "agent-g1-train" not in decide(observe(obj, labelled), NOW).delete
