@@ -265,7 +265,14 @@ class BenchmarkSpec(ApiModel):
         default=False, description="Merge the adapter into the base weights before measuring."
     )
     sla: list[SlaProfile] = Field(
-        default_factory=list, description="Latency profiles; every one must pass to promote."
+        default_factory=lambda: [
+            SlaProfile(name="question", max_new_tokens=200, max_latency_seconds=10),
+            SlaProfile(name="answer", max_new_tokens=50, max_latency_seconds=6),
+        ],
+        min_length=1,
+        description="Latency profiles; every one must pass to promote. Default: the seed "
+        "plans' two, question (200 new tokens within 10 s) and answer (50 within 6 s); an "
+        "empty list is invalid (a gate with nothing to measure would pass anything).",
     )
 
     @field_validator("sla")
@@ -291,6 +298,14 @@ class PromotionSpec(ApiModel):
         default=False,
         description="Also require the adapter's eval loss to beat the base model's and the "
         "currently promoted model's.",
+    )
+    alias: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The alias the model is promoted to, per namespace "
+        "(models/<namespace>/<alias>/current.json); default: the preset, or the model id made "
+        "a path segment. Lowercase letters, digits, '-' and '.'.",
     )
 
 

@@ -44,7 +44,7 @@ from finetune_core.api import (
     RunRecord,
 )
 from finetune_core.clock import timestamp
-from finetune_core.layout import CurrentAlias, ErrorReport, RunPaths, model_key
+from finetune_core.layout import AliasPaths, CurrentAlias, ErrorReport, RunPaths, alias_of
 from finetune_core.manifest import Problem
 
 StageName = Literal["train", "benchmark"]
@@ -207,7 +207,7 @@ class Reads:
     report: bool = False
     error: bool = False
     checkpoints: bool = False
-    champion: str | None = None  # model key whose current.json to read
+    champion: AliasPaths | None = None  # the alias whose current version to read
     failed_stage: StageName | None = None  # whose own last words (pod messages) to read
     dataset: str | None = None  # s3:// URI whose existence to check before training
 
@@ -225,7 +225,8 @@ def reads(state: RunState) -> Reads:
         case Step.BENCHMARKING if state.phase != "Benchmarking":
             return Reads(progress=True, metrics=True, checkpoints=True)
         case Step.BENCHMARKED | Step.APPROVED:
-            return Reads(metrics=True, report=True, champion=model_key(state.resolved))
+            alias = alias_of(state.resolved, state.namespace)
+            return Reads(metrics=True, report=True, champion=alias)
         case Step.BENCHMARK_FAILED:
             return Reads(error=True, failed_stage="benchmark")
     return Reads()
@@ -264,6 +265,7 @@ class Observation:
     stage_message: str | None = None  # the failed stage's own last words (pod message)
     promoted_uri: str | None = None  # set once the executor has promoted the run
     promotion_error: str | None = None
+    promotion_rejected: gate.Verdict | None = None  # gated again at the write: it lost
 
 
 def with_percent(progress: Progress) -> Progress:
@@ -578,6 +580,14 @@ def _gate(s: RunState, obs: Observation, at: str) -> Decision:
 def _promote(
     s: RunState, obs: Observation, at: str, why: str, fields: dict[str, Any] | None = None
 ) -> Decision:
+    if obs.promotion_rejected is not None:
+        verdict = obs.promotion_rejected
+        message = f"rejected at promotion: {verdict.message}"
+        fields = {
+            **(fields or {}),
+            "sla": "Passed" if verdict.reason == Reason.NO_IMPROVEMENT else "Failed",
+        }
+        return _move(s, at, "Rejected", verdict.reason, message, fields, warning=True)
     if obs.promotion_error is not None:
         return _fail(s, at, Reason.PROMOTION_FAILED, f"promote failed: {obs.promotion_error}")
     if obs.promoted_uri is None:

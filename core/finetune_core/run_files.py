@@ -13,7 +13,13 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from finetune_core.api import BenchmarkReport, Metrics, Progress, RunConfig
-from finetune_core.layout import CurrentAlias, ErrorReport, RunPaths, scan_checkpoints
+from finetune_core.layout import (
+    AliasPaths,
+    CurrentAlias,
+    ErrorReport,
+    RunPaths,
+    scan_checkpoints,
+)
 from finetune_core.lifecycle import InvalidRunFile, Reads, RunFiles
 from finetune_core.promotion import PromotionError, read_champion
 from finetune_core.store import (
@@ -46,9 +52,9 @@ def dataset_missing_at(uri: str, endpoint: str | None) -> bool:
         return False
 
 
-def champion(store: ArtifactStore, model: str) -> CurrentAlias | None:
+def champion(store: ArtifactStore, alias: AliasPaths) -> CurrentAlias | None:
     try:
-        return read_champion(store, model)
+        return read_champion(store, alias)
     except PromotionError as error:
         log.warning("the current model alias is unreadable; gating without it: %s", error)
         return None

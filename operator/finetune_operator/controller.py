@@ -25,7 +25,7 @@ from finetune_core.api import ResolvedSpec, RunConfig
 from finetune_core.layout import RunPaths
 from finetune_core.lifecycle import Decision, Event, Observation, RunState, decide, reads
 from finetune_core.manifest import parse_manifest
-from finetune_core.promotion import PromotionError, promote
+from finetune_core.promotion import ChampionChanged, PromotionError, promote
 from finetune_core.run_files import move_aside, read_run_files
 from finetune_core.store import ArtifactStore
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
@@ -141,6 +141,8 @@ class Controller:
             uri = await asyncio.to_thread(
                 promote, self.store, s.paths, s.resolved, datetime.now(UTC)
             )
+        except ChampionChanged as lost:
+            return replace(observation, promotion_rejected=lost.verdict)
         except PromotionError as error:
             return replace(observation, promotion_error=str(error))
         return replace(observation, promoted_uri=uri)

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, RunConfig, SlaProfile
 from finetune_core.exit_codes import EXIT_INVALID_INPUT
 from finetune_core.gate import judge, percentile_of, profile_meets_sla
-from finetune_core.layout import ErrorReport, RunPaths, model_key
+from finetune_core.layout import ErrorReport, RunPaths, alias_of
 from finetune_core.promotion import read_champion, timestamp
 from finetune_core.store import ArtifactStore, NotFound, open_run
 from finetune_trainer import data, modeling
@@ -385,7 +385,7 @@ def run_benchmark(
         versions=library_versions(),
         measured_at=timestamp(datetime.now(UTC)),
     )
-    champion = read_champion(store, model_key(spec))
+    champion = read_champion(store, alias_of(spec, run.namespace))
     verdict = judge(report, spec, metrics, champion, version=run.version)
     report.passed, report.reasons = verdict.passed, list(verdict.problems)
     try:

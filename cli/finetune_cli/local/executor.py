@@ -56,7 +56,7 @@ from finetune_core.lifecycle import (
     stage_name,
 )
 from finetune_core.manifest import InvalidManifest
-from finetune_core.promotion import PromotionError, promote
+from finetune_core.promotion import ChampionChanged, PromotionError, promote
 from finetune_core.run_files import read_run_files
 from finetune_core.runs import RunSnapshot, latest_run, save_status
 from finetune_core.store import (
@@ -218,6 +218,8 @@ class LocalExecutor:
     def promote(self, observation: Observation) -> Observation:
         try:
             uri = promote(self.store, self.paths, self.job.spec, datetime.now(UTC))
+        except ChampionChanged as lost:
+            return replace(observation, promotion_rejected=lost.verdict)
         except PromotionError as error:
             return replace(observation, promotion_error=str(error))
         return replace(observation, promoted_uri=uri)

@@ -64,13 +64,15 @@ async def test_passing_run_is_trained_benchmarked_and_promoted(cluster: Cluster)
     await cluster.job_succeeded(bench["metadata"]["name"])
 
     status = await cluster.wait_for_phase("agent", "Promoted")
-    version = f"{NAMESPACE}-agent-g1"
-    promoted = f"models/smollm2-135m/{version}"
+    version = "agent-g1"
+    promoted = f"models/{NAMESPACE}/smollm2-135m/{version}"
     assert status["promotedModel"] == cluster.store.uri(promoted)
     assert status["sla"] == "Passed"
     assert [p["name"] for p in status["benchmark"]["profiles"]] == ["question", "answer"]
     assert cluster.store.get_bytes(f"{promoted}/adapter/adapter_model.safetensors") == b"weights"
-    alias = CurrentAlias.model_validate(cluster.store.get_json("models/smollm2-135m/current.json"))
+    alias = CurrentAlias.model_validate(
+        cluster.store.get_json(f"models/{NAMESPACE}/smollm2-135m/current.json")
+    )
     assert alias.version == version
     ready = cluster.condition("agent", "Ready")
     assert (ready["status"], ready["observedGeneration"]) == ("True", 1)
@@ -124,7 +126,7 @@ async def test_failing_report_is_rejected_naming_the_profile(cluster: Cluster) -
     assert "question" not in stalled["message"]
     assert status["sla"] == "Failed"
     assert "promotedModel" not in status
-    assert not cluster.store.exists("models/smollm2-135m/current.json")
+    assert not cluster.store.exists(f"models/{NAMESPACE}/smollm2-135m/current.json")
 
 
 async def test_manual_policy_waits_for_the_approval_annotation(cluster: Cluster) -> None:
@@ -140,7 +142,7 @@ async def test_manual_policy_waits_for_the_approval_annotation(cluster: Cluster)
     status = await cluster.wait_for_phase("careful", "AwaitingApproval")
     assert status["sla"] == "Passed"
     assert APPROVE_ANNOTATION in status["message"]
-    assert not cluster.store.exists("models/smollm2-135m/current.json")
+    assert not cluster.store.exists(f"models/{NAMESPACE}/smollm2-135m/current.json")
 
     # "true" (the old form) approves nothing: a Warning says which value would.
     await cluster.patch("careful", {"metadata": {"annotations": {APPROVE_ANNOTATION: "true"}}})
@@ -152,8 +154,8 @@ async def test_manual_policy_waits_for_the_approval_annotation(cluster: Cluster)
     status = await cluster.wait_for_phase("careful", "Promoted")
     assert "generation 1 approved" in status["message"]
     assert status["approvedGeneration"] == 1
-    alias = cluster.store.get_json("models/smollm2-135m/current.json")
-    assert alias["version"] == f"{NAMESPACE}-careful-g1"
+    alias = cluster.store.get_json(f"models/{NAMESPACE}/smollm2-135m/current.json")
+    assert alias["version"] == "careful-g1"
 
 
 async def test_spec_edit_starts_a_new_generation_and_records_the_old_run(

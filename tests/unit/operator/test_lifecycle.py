@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, Progress
-from finetune_core.layout import CurrentAlias, ErrorReport
+from finetune_core.layout import AliasPaths, CurrentAlias, ErrorReport
 from finetune_core.lifecycle import (
     APPROVE_ANNOTATION,
     NOTHING,
@@ -434,11 +434,13 @@ def benchmarked(obj: dict[str, Any], **found: Any) -> Decision:
 def test_passing_benchmark_is_promoted_after_the_copy() -> None:
     obj = at_phase("Benchmarking")
     jobs = [job("train", outcome="succeeded"), job("benchmark", outcome="succeeded")]
-    assert reads(obj, jobs) == Reads(metrics=True, report=True, champion="smollm2-135m")
+    assert reads(obj, jobs) == Reads(
+        metrics=True, report=True, champion=AliasPaths("ml", "smollm2-135m")
+    )
     first = benchmarked(obj, report=report(), metrics=METRICS)
     assert first == Decision(promote=True)
 
-    uri = "s3://finetune/models/smollm2-135m/ml-agent-g1"
+    uri = "s3://finetune/models/ml/smollm2-135m/agent-g1"
     decision = benchmarked(obj, report=report(), metrics=METRICS, promoted_uri=uri)
     assert decision.status["phase"] == "Promoted"
     assert decision.status["promotedModel"] == uri
@@ -504,9 +506,11 @@ def test_manual_policy_waits_for_an_approval_of_its_generation() -> None:
     waiting["metadata"]["annotations"][APPROVE_ANNOTATION] = "1"
     assert not settled(waiting)
     found = {"report": report(), "metrics": METRICS}
-    assert reads(waiting, []) == Reads(metrics=True, report=True, champion="smollm2-135m")
+    assert reads(waiting, []) == Reads(
+        metrics=True, report=True, champion=AliasPaths("ml", "smollm2-135m")
+    )
     assert decide(observe(waiting, **found), LATER) == Decision(promote=True)
-    uri = "s3://finetune/models/smollm2-135m/ml-agent-g1"
+    uri = "s3://finetune/models/ml/smollm2-135m/agent-g1"
     promoted = decide(observe(waiting, **found, promoted_uri=uri), LATER)
     assert promoted.status["phase"] == "Promoted"
     assert promoted.status["approvedGeneration"] == 1
