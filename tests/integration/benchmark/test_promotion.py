@@ -19,6 +19,7 @@ from finetune_core.promotion import (
     rollback,
 )
 from finetune_core.store import ArtifactStore, LocalStore
+from tests.support.cli import finetune
 from tests.unit.benchmark.builders import make_report, make_spec, profile
 
 SPEC = make_spec()
@@ -208,3 +209,17 @@ def test_rollback_goes_back_and_records_it(store: ArtifactStore) -> None:
     assert read_champion(store, ALIAS) == back
     with pytest.raises(PromotionError, match="not an earlier version"):
         rollback(store, ALIAS, "agent-g7")
+
+
+def test_finetune_rollback_moves_the_alias_back(local_store: LocalStore) -> None:
+    finished_run(local_store, FIRST, eval_loss=1.2)
+    finished_run(local_store, SECOND, eval_loss=1.1)
+    promote(local_store, FIRST, SPEC)
+    promote(local_store, SECOND, SPEC)
+    where = ["--store", local_store.uri()]
+    wrong = finetune("rollback", "ml/smollm2-135m", "agent-g9", *where, timeout=120)
+    assert wrong.returncode == 1 and "agent-g9 is not an earlier version" in wrong.stdout
+    done = finetune("rollback", "ml/smollm2-135m", *where, timeout=120)
+    assert done.returncode == 0, done.stdout
+    assert "now points at agent-g1" in " ".join(done.stdout.split())
+    assert read_champion(local_store, ALIAS).version == "agent-g1"  # type: ignore[union-attr]
