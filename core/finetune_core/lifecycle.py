@@ -81,6 +81,7 @@ class StageState:
     ready: bool = False
     reason: str = ""
     message: str = ""
+    stuck: bool = False  # it never started (no image, unschedulable): delete it on failing
 
 
 class Step(Enum):
@@ -150,6 +151,9 @@ class RunState:
 
     def stage(self, stage: StageName) -> StageState | None:
         return self.train if stage == "train" else self.bench
+
+    def with_stage(self, stage: StageName, state: StageState) -> RunState:
+        return replace(self, train=state) if stage == "train" else replace(self, bench=state)
 
     @property
     def settled(self) -> bool:
@@ -617,7 +621,8 @@ def _stage_failed(
     fields: dict[str, Any] = {}
     if obs.files.progress is not None:
         fields["progress"] = _wire(with_percent(obs.files.progress))
-    return _fail(s, at, reason, f"{stage} failed: {detail}", fields)
+    failed = _fail(s, at, reason, f"{stage} failed: {detail}", fields)
+    return replace(failed, delete=(state.name,)) if state.stuck else failed
 
 
 def _fail(

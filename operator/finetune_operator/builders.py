@@ -98,8 +98,12 @@ def build_job(
             "spec": _pod_spec(stage, spec.resources, settings, run_uri),
         },
     }
-    if stage == "train" and spec.resources.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.resources.active_deadline_seconds
+    # A run that never finishes fails instead of holding its GPU forever.
+    job_spec["activeDeadlineSeconds"] = (
+        (spec.resources.active_deadline_seconds or settings.train_deadline_seconds)
+        if stage == "train"
+        else settings.benchmark_deadline_seconds
+    )
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
@@ -129,6 +133,8 @@ def _pod_spec(
     shm_size = resources.shm_size or settings.shm_size
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        # SIGTERM makes the trainer finish its step and upload a checkpoint before it exits.
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {

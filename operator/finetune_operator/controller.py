@@ -23,7 +23,15 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_core.api import ResolvedSpec, RunConfig
 from finetune_core.layout import RunPaths
-from finetune_core.lifecycle import Decision, Event, Observation, RunState, decide, reads
+from finetune_core.lifecycle import (
+    STAGES,
+    Decision,
+    Event,
+    Observation,
+    RunState,
+    decide,
+    reads,
+)
 from finetune_core.manifest import parse_manifest
 from finetune_core.promotion import ChampionChanged, PromotionError, promote
 from finetune_core.run_files import move_aside, read_run_files
@@ -31,7 +39,7 @@ from finetune_core.store import ArtifactStore
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import OperatorMetrics
-from finetune_operator.observe import run_state, termination_message
+from finetune_operator.observe import run_state, stuck, termination_message
 from finetune_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -90,7 +98,8 @@ class Controller:
             self.forget(namespace, name)
             return False
         jobs = await self.kube.list_jobs(namespace, name)
-        observation = await self._observe(run_state(obj, jobs))
+        state = await self._unstick(run_state(obj, jobs, self.settings), jobs)
+        observation = await self._observe(state)
         decision = decide(observation, datetime.now(UTC))
         if decision.promote:
             decision = decide(await self._promote(observation), datetime.now(UTC))
@@ -135,6 +144,21 @@ class Controller:
             stage_message=message and redact(message, self._secrets),
         )
 
+    async def _unstick(self, state: RunState, jobs: list[dict[str, Any]]) -> RunState:
+        """A stage whose pod cannot start (no image, unschedulable, no pod at all) for longer
+        than the operator allows is a failed stage, not one to wait for forever."""
+        for stage in STAGES:
+            current = state.stage(stage)
+            if current is None or current.outcome != "running" or current.ready:
+                continue
+            labels = child_labels(state.name, state.generation, stage)
+            pods = await self.kube.list_pods(state.namespace, labels)
+            job = next(j for j in jobs if j["metadata"]["name"] == current.name)
+            found = stuck(job, pods, datetime.now(UTC), self.settings.stuck_pod_seconds)
+            if found is not None:
+                state = state.with_stage(stage, found)
+        return state
+
     async def _promote(self, observation: Observation) -> Observation:
         s = observation.state
         try:
@@ -164,6 +188,8 @@ class Controller:
             return
         if decision.create == "train":
             await self._write_config(s.paths, s.resolved, s.uid)
+        # An error.json of an earlier try explains nothing about this one.
+        await asyncio.to_thread(self.store.delete, s.paths.error)
         manifest = build_job(
             decision.create,
             name=s.name,

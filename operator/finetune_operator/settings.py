@@ -39,6 +39,11 @@ ENV = {
     "FINETUNE_LOG_FORMAT": "log_format",
     "FINETUNE_METRICS_PORT": "metrics_port",
     "FINETUNE_HEALTH_PORT": "health_port",
+    "FINETUNE_TRAIN_DEADLINE_SECONDS": "train_deadline_seconds",
+    "FINETUNE_BENCHMARK_DEADLINE_SECONDS": "benchmark_deadline_seconds",
+    "FINETUNE_STUCK_POD_SECONDS": "stuck_pod_seconds",
+    "FINETUNE_TERMINATION_GRACE_SECONDS": "termination_grace_seconds",
+    "FINETUNE_ALLOWED_TOLERATIONS": "allowed_tolerations",
 }
 
 
@@ -92,6 +97,40 @@ class OperatorSettings(BaseModel):
     log_format: str = "text"
     metrics_port: int = 8080
     health_port: int = 8081
+    train_deadline_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="activeDeadlineSeconds of a training Job unless the FineTuneJob sets "
+        "resources.activeDeadlineSeconds: a run that never finishes fails instead.",
+    )
+    benchmark_deadline_seconds: int = Field(
+        default=4 * 3600, ge=60, description="activeDeadlineSeconds of a benchmark Job."
+    )
+    stuck_pod_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a stage's pod may wait (ImagePullBackOff, ErrImagePull, "
+        "CreateContainerConfigError, Unschedulable) or a Job may have no pod at all (quota) "
+        "before the run fails with the pod's reason.",
+    )
+    termination_grace_seconds: int = Field(
+        default=600,
+        ge=30,
+        description="terminationGracePeriodSeconds of the pods: one training step plus the "
+        "checkpoint upload, which the trainer does on SIGTERM.",
+    )
+    allowed_tolerations: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Tolerations a FineTuneJob may ask for in resources.tolerations (matched "
+        "on key, operator, value and effect); None: only the operator's own `tolerations`. "
+        "A job author must not place pods on arbitrary tainted nodes.",
+    )
+
+    def toleration_allowed(self, toleration: Mapping[str, Any]) -> bool:
+        allowed = self.tolerations if self.allowed_tolerations is None else self.allowed_tolerations
+        fields = ("key", "operator", "value", "effect")
+        wanted = tuple(toleration.get(f) for f in fields)
+        return any(tuple(a.get(f) for f in fields) == wanted for a in allowed)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -102,7 +141,7 @@ class OperatorSettings(BaseModel):
             raw = env.get(variable)
             if raw is None or raw == "":
                 continue
-            if field in {"node_selector", "tolerations"}:
+            if field in {"node_selector", "tolerations", "allowed_tolerations"}:
                 try:
                     values[field] = json.loads(raw)
                 except json.JSONDecodeError as error:

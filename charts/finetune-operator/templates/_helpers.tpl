@@ -69,6 +69,11 @@ Events. No Secrets: the pods get credentials through secretKeyRef.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/status"]
   verbs: ["get", "patch"]
+# The Jobs set blockOwnerDeletion on their owner: admission that checks it (OpenShift's
+# OwnerReferencesPermissionEnforcement) requires update on the owner's finalizers.
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunejobs/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]

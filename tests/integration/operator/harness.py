@@ -348,6 +348,35 @@ class Cluster:
             "application/merge-patch+json",
         )
 
+    async def waiting_pod(
+        self, owner: str, generation: int, stage: StageName, reason: str, message: str
+    ) -> None:
+        """A pod of the stage's Job whose container waits (ImagePullBackOff, ...)."""
+        name = f"{stage_name(owner, generation, stage)}-w4it1"
+        await self._request(
+            "POST",
+            PODS_URL,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "labels": child_labels(owner, generation, stage)},
+                "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
+            },
+            "application/json",
+        )
+        waiting = {"waiting": {"reason": reason, "message": message}}
+        await self._request(
+            "PATCH",
+            f"{PODS_URL}/{name}/status",
+            {
+                "status": {
+                    "phase": "Pending",
+                    "containerStatuses": [{"name": "trainer", "state": waiting}],
+                }
+            },
+            "application/merge-patch+json",
+        )
+
     # ---------------------------------------------------------------- the pods' files
 
     def pod_wrote_progress(self, run: RunPaths, step: int, total: int) -> None:

@@ -105,3 +105,23 @@ async def test_benchmark_past_its_deadline_fails_with_the_job_reason(cluster: Cl
     stalled = cluster.condition("late", "Stalled")
     assert stalled["reason"] == "DeadlineExceeded"
     assert stalled["message"] == ("benchmark failed: Job was active longer than specified deadline")
+
+
+async def test_a_pod_that_cannot_pull_its_image_fails_the_run_and_its_job_goes(
+    cluster: Cluster,
+) -> None:
+    """ImagePullBackOff past the operator's limit: Failed with the pod's reason and message,
+    and the Job (which holds a GPU reservation) deleted, instead of Pending forever."""
+    assert cluster.settings is not None
+    cluster.settings.stuck_pod_seconds = 0.5
+    await cluster.restart_operator()
+    await cluster.create(small_job("no-image", cluster.dataset))
+    train = await cluster.wait_for_job("no-image", 1, "train")
+    await cluster.waiting_pod(
+        "no-image", 1, "train", "ImagePullBackOff", 'Back-off pulling image "registry.test/x"'
+    )
+    await cluster.wait_for_phase("no-image", "Failed")
+    stalled = cluster.condition("no-image", "Stalled")
+    assert stalled["reason"] == "ImagePullBackOff"
+    assert "registry.test/x" in stalled["message"]
+    await cluster.wait_for(lambda: cluster.job(train["metadata"]["name"]) is None, "Job deleted")

@@ -330,9 +330,16 @@ def test_retries_and_deadlines() -> None:
     assert train["spec"]["backoffLimit"] == 5
     assert bench["spec"]["backoffLimit"] == 1
     assert train["spec"]["activeDeadlineSeconds"] == 7200
-    assert "activeDeadlineSeconds" not in bench["spec"]
-    assert "activeDeadlineSeconds" not in job("train")["spec"]
+    # Without one in the spec, the operator's defaults: no Job runs forever.
+    defaults = OperatorSettings()
+    assert bench["spec"]["activeDeadlineSeconds"] == defaults.benchmark_deadline_seconds
+    assert job("train")["spec"]["activeDeadlineSeconds"] == defaults.train_deadline_seconds
+    short = settings(train_deadline_seconds=3600, benchmark_deadline_seconds=600)
+    assert job("train", config=short)["spec"]["activeDeadlineSeconds"] == 3600
+    assert job("benchmark", config=short)["spec"]["activeDeadlineSeconds"] == 600
     for built in (train, bench):
+        pod = built["spec"]["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] == defaults.termination_grace_seconds
         assert "ttlSecondsAfterFinished" not in built["spec"]  # the operator reads finished Jobs
 
 
