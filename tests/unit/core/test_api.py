@@ -11,7 +11,7 @@ from tests.support.manifests import finetunejob
 
 def _spec(**overrides: object) -> FineTuneJobSpec:
     return FineTuneJobSpec.model_validate(
-        {"model": {"preset": "qwen3-8b"}, "dataset": {"uri": "s3://d/v1.jsonl"}, **overrides}
+        {"model": {"preset": "qwen3-8b"}, "dataset": {"uri": "s3://datasets/v1.jsonl"}, **overrides}
     )
 
 
@@ -59,3 +59,56 @@ def test_every_problem_is_reported_with_its_path() -> None:
         "a relative path",
         "spec.benchmark.sla: duplicate SLA profile name 'a'",
     ]
+
+
+def test_values_the_cluster_accepts_pass() -> None:
+    spec = _spec(
+        dataset={"uri": "s3://datasets/cerberus/v3.jsonl", "sha256": "0" * 63 + "f"},
+        model={"name": "s3://models/phi-4/"},
+        training={"seed": 2**32 - 1, "warmupSteps": 10000},
+        resources={
+            "cpu": "500m",
+            "memory": "64Gi",
+            "shmSize": "1.5Gi",
+            "nodeSelector": {"kubernetes.io/hostname": "node-1", "pool": ""},
+            "tolerations": [
+                {"operator": "Exists"},
+                {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "dedicated", "value": "ml", "effect": "NoExecute"},
+                {"key": "dedicated", "operator": "Equal", "value": ""},
+            ],
+        },
+        benchmark={"samples": 1000, "warmup": 100},
+    )
+    assert spec.dataset.sha256 == "0" * 63 + "f"
+    assert spec.resources.memory == "64Gi"
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "path", "message"),
+    [
+        ("training", {"learningRate": float("nan")}, "learningRate", "finite number"),
+        ("training", {"epochs": float("-inf")}, "epochs", "finite number"),
+        ("training", {"seed": True}, "seed", "valid integer"),
+        ("training", {"maxSteps": "20"}, "maxSteps", "valid integer"),
+        ("lora", {"dropout": float("nan")}, "dropout", "finite number"),
+        ("model", {"preset": "phi-4", "loadIn4bit": "false"}, "loadIn4bit", "valid boolean"),
+        ("resources", {"memory": "64GB"}, "memory", "'64GB' is not a Kubernetes quantity"),
+        ("resources", {"nodeSelector": {"a/b/c": "x"}}, "nodeSelector", "'a/b/c' is not a label"),
+        (
+            "resources",
+            {"tolerations": [{"effect": "NoSchedule"}]},
+            "tolerations[0]",
+            "without a key",
+        ),
+        ("dataset", {"uri": "s3://datasets/v3.jsonl", "sha256": "x"}, "sha256", "not a sha256"),
+    ],
+)
+def test_refused_values_name_their_field(
+    section: str, value: dict[str, object], path: str, message: str
+) -> None:
+    with pytest.raises(InvalidManifest) as raised:
+        parse_manifest(finetunejob("ok-name", **{section: value}))
+    [problem] = raised.value.problems
+    assert problem.path == f"spec.{section}.{path}"
+    assert message in problem.message

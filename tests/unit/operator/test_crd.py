@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from finetune_core.api import MAX_NAME_LENGTH
+from finetune_core.syntax import LABEL_VALUE_PATTERN, QUANTITY_PATTERN
 from finetune_operator.crd import Schema, crd_dict, crd_yaml, node_at, structural_schema
 from tests.support.manifests import finetunejob
 
@@ -169,7 +170,17 @@ def test_optional_and_bounded_fields_are_converted() -> None:
     assert split["default"] == 0.1
     assert node_at(schema, "spec.training.precision")["enum"] == ["bf16", "fp16", "fp32"]
     assert node_at(schema, "spec.resources.nodeSelector")["additionalProperties"] == {
-        "type": "string"
+        "type": "string",
+        "maxLength": 63,
+        "pattern": LABEL_VALUE_PATTERN,
+    }
+    assert node_at(schema, "spec.resources.memory")["pattern"] == QUANTITY_PATTERN
+    assert node_at(schema, "spec.training.seed") | {"description": ""} == {
+        "description": "",
+        "type": "integer",
+        "default": 3407,
+        "minimum": 0,
+        "maximum": 2**32 - 1,
     }
     assert "smollm2-135m" in node_at(schema, "spec.model.preset")["enum"]
     assert node_at(schema, "spec")["required"] == ["model", "dataset"]
