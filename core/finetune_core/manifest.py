@@ -16,6 +16,7 @@ from finetune_core.api import (
     MAX_NAME_LENGTH,
     FineTuneJobSpec,
 )
+from finetune_core.syntax import dns_label_problem
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,18 @@ def check_name(name: Any) -> list[Problem]:
     return []
 
 
+def check_namespace(namespace: Any) -> list[Problem]:
+    """A namespace, when given, is a DNS label: a run's store path holds it, so a local run's
+    must be what a cluster's could be (no '..', no '/')."""
+    if namespace is None:
+        return []
+    if not isinstance(namespace, str):
+        return [Problem("metadata.namespace", "must be a string (a DNS label)")]
+    if problem := dns_label_problem(namespace):
+        return [Problem("metadata.namespace", problem)]
+    return []
+
+
 def parse_spec(spec: Any) -> FineTuneJobSpec:
     """Parse a spec dict; raises InvalidManifest naming every bad field."""
     if not isinstance(spec, dict):
@@ -134,6 +147,7 @@ def parse_manifest(doc: Any) -> FineTuneJob:
         problems.append(Problem("kind", f"must be {KIND}"))
     meta = doc.get("metadata") or {}
     problems += check_name(meta.get("name"))
+    problems += check_namespace(meta.get("namespace"))
     spec: FineTuneJobSpec | None = None
     try:
         spec = parse_spec(doc.get("spec"))

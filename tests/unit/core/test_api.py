@@ -112,3 +112,30 @@ def test_refused_values_name_their_field(
     [problem] = raised.value.problems
     assert problem.path == f"spec.{section}.{path}"
     assert message in problem.message
+
+
+@pytest.mark.parametrize(
+    ("namespace", "message"),
+    [
+        ("../ml", "'../ml' is not a DNS label"),
+        ("ML", "'ML' is not a DNS label"),
+        ("team/a", "'team/a' is not a DNS label"),
+        ("ml\n", "'ml\\n' is not a DNS label"),
+        ("", "must not be empty"),
+        ("n" * 64, "must be at most 63 characters (it is 64)"),
+        (7, "must be a string (a DNS label)"),
+    ],
+)
+def test_a_namespace_must_be_a_dns_label(namespace: object, message: str) -> None:
+    doc = finetunejob("ok-name")
+    doc["metadata"]["namespace"] = namespace
+    with pytest.raises(InvalidManifest) as raised:
+        parse_manifest(doc)
+    [problem] = raised.value.problems
+    assert problem.path == "metadata.namespace"
+    assert problem.message.startswith(message)
+
+
+def test_a_dns_label_namespace_is_kept() -> None:
+    assert parse_manifest(finetunejob("ok-name", namespace="team-a1")).namespace == "team-a1"
+    assert parse_manifest(finetunejob("ok-name")).namespace is None

@@ -140,6 +140,9 @@ INVALID = {
     "learning-rate-above-one": Case("spec.training.learningRate", 3.0, True),
     "boolean-as-string": Case("spec.promotion.requireImprovement", "yes", True),
     "infinite-latency-limit": Case(f"{SLA}[0].maxLatencySeconds", float("inf"), True),
+    "namespace-upper-case": Case("metadata.namespace", "ML", False),
+    "namespace-path": Case("metadata.namespace", "../ml", False),
+    "namespace-too-long": Case("metadata.namespace", "n" * 64, False),
 }
 
 
