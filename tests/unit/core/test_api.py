@@ -139,3 +139,52 @@ def test_a_namespace_must_be_a_dns_label(namespace: object, message: str) -> Non
 def test_a_dns_label_namespace_is_kept() -> None:
     assert parse_manifest(finetunejob("ok-name", namespace="team-a1")).namespace == "team-a1"
     assert parse_manifest(finetunejob("ok-name")).namespace is None
+
+
+@pytest.mark.parametrize(
+    ("metadata", "line"),
+    [
+        ({"name": "demo\n"}, "metadata.name: must be lower-case letters"),
+        ({"name": "a\n" * 30}, "metadata.name: must be at most 49 characters (it is 60)"),
+        ({"name": "demo", "generation": "3"}, "metadata.generation: must be an integer in 1.."),
+        ({"name": "demo", "generation": 2**63}, "metadata.generation: must be an integer in 1.."),
+        ({"name": "demo", "annotations": ["a"]}, "metadata.annotations: must be a mapping"),
+        ({"name": "demo", "annotations": {"a": 1}}, "metadata.annotations: must be a mapping"),
+        ({"name": "demo", "labels": {"a b": "c"}}, "metadata.labels: 'a b' is not a label key"),
+        ({"name": "demo", "labels": {"a": 1}}, "metadata.labels: 'a': keys and values must be"),
+        ({"name": "demo", "labels": "x"}, "metadata.labels: must be a mapping of label keys"),
+        (True, "metadata: must be a mapping (with the name)"),
+        (None, "metadata.name: required"),
+    ],
+)
+def test_metadata_problems_are_one_line_naming_the_field(metadata: object, line: str) -> None:
+    doc = finetunejob("ok-name")
+    doc["metadata"] = metadata
+    with pytest.raises(InvalidManifest) as raised:
+        parse_manifest(doc)
+    [problem] = raised.value.problems
+    assert str(problem).startswith(line)
+    assert len(str(problem).splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "line"),
+    [
+        ({"a\x1eb": 1}, "spec['a\\x1eb']: unknown field"),
+        ({"\r": 1}, "spec['\\r']: unknown field"),
+        ({"model-x": 1}, "spec.model-x: unknown field"),
+        (
+            {"resources": {"nodeSelector": {"kubernetes.io/os": 1}}},
+            "spec.resources.nodeSelector['kubernetes.io/os']: Input should be a valid string",
+        ),
+        ({"dataset": {"uri": "a\n://b"}}, "spec.dataset.uri: unsupported URI scheme 'a\\n://b'"),
+    ],
+)
+def test_a_field_path_is_one_line_whatever_the_keys(spec: dict[str, object], line: str) -> None:
+    doc = finetunejob("ok-name")
+    doc["spec"].update(spec)
+    with pytest.raises(InvalidManifest) as raised:
+        parse_manifest(doc)
+    [problem] = raised.value.problems
+    assert str(problem).startswith(line)
+    assert len(str(problem).splitlines()) == 1
