@@ -258,3 +258,21 @@ def test_conversion_refuses_what_a_structural_schema_cannot_say(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         structural_schema(model, "probe")
+
+
+def test_values_the_cluster_accepts_pass_the_new_rules() -> None:
+    resources = {
+        "cpu": "500m",
+        "memory": "64Gi",
+        "shmSize": "1.5Gi",
+        "nodeSelector": {"kubernetes.io/hostname": "node-1", "pool": ""},
+        "tolerations": [
+            {"operator": "Exists"},
+            {"key": "amd.com/gpu", "operator": "Exists", "value": "", "effect": "NoSchedule"},
+            {"key": "dedicated", "value": "ml", "effect": "NoExecute"},
+            {"key": "dedicated", "operator": "Equal", "value": ""},
+        ],
+    }
+    dataset = {"uri": "s3://datasets/v3.jsonl", "sha256": "0123456789abcdef" * 4}
+    training = {"seed": 2**32 - 1, "warmupSteps": 10000}
+    assert crd_problems(_job(resources=resources, dataset=dataset, training=training)) == []
