@@ -189,7 +189,7 @@ def test_a_changed_example_is_valid_or_names_what_is_wrong(document: Any) -> Non
     check_outcome(document)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(changed_metadata())
 def test_changed_metadata_is_valid_only_where_a_cluster_takes_it(document: Any) -> None:
     check_outcome(document)
