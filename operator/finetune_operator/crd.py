@@ -56,6 +56,8 @@ _ORDER = (
     "properties",
     "items",
     "additionalProperties",
+    # CEL rules a model states itself (json_schema_extra), beside those in _EXTRA below.
+    "x-kubernetes-validations",
 )
 _EXCLUSIVE = {"exclusiveMinimum": "minimum", "exclusiveMaximum": "maximum"}
 

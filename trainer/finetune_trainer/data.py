@@ -130,6 +130,12 @@ def read_numbered(path: Path, require_assistant: bool = True) -> list[tuple[int,
                     LineProblem(number, f"invalid JSON: {error.msg} (column {error.colno})")
                 )
                 continue
+            except RecursionError:
+                problems.append(LineProblem(number, "invalid JSON: nested too deeply"))
+                continue
+            except ValueError:  # an integer longer than Python converts (4300 digits)
+                problems.append(LineProblem(number, "invalid JSON: a number with too many digits"))
+                continue
             conversation, found = check_conversation(value, require_assistant)
             problems += [LineProblem(number, text) for text in found]
             if conversation is not None:

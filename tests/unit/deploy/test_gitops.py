@@ -43,7 +43,7 @@ def job(generation: int, status: dict[str, Any] | None) -> dict[str, Any]:
         namespace="ml",
         generation=generation,
         status=status,
-        dataset={"uri": "s3://d/v3.jsonl"},
+        dataset={"uri": "s3://datasets/v3.jsonl"},
     )
 
 

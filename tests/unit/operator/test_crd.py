@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from finetune_core.api import MAX_NAME_LENGTH
+from finetune_core.syntax import LABEL_VALUE_PATTERN, QUANTITY_PATTERN
 from finetune_operator.crd import Schema, crd_dict, crd_yaml, node_at, structural_schema
 from tests.support.manifests import finetunejob
 
@@ -169,7 +170,17 @@ def test_optional_and_bounded_fields_are_converted() -> None:
     assert split["default"] == 0.1
     assert node_at(schema, "spec.training.precision")["enum"] == ["bf16", "fp16", "fp32"]
     assert node_at(schema, "spec.resources.nodeSelector")["additionalProperties"] == {
-        "type": "string"
+        "type": "string",
+        "maxLength": 63,
+        "pattern": LABEL_VALUE_PATTERN,
+    }
+    assert node_at(schema, "spec.resources.memory")["pattern"] == QUANTITY_PATTERN
+    assert node_at(schema, "spec.training.seed") | {"description": ""} == {
+        "description": "",
+        "type": "integer",
+        "default": 3407,
+        "minimum": 0,
+        "maximum": 2**32 - 1,
     }
     assert "smollm2-135m" in node_at(schema, "spec.model.preset")["enum"]
     assert node_at(schema, "spec")["required"] == ["model", "dataset"]
@@ -247,3 +258,21 @@ def test_conversion_refuses_what_a_structural_schema_cannot_say(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         structural_schema(model, "probe")
+
+
+def test_values_the_cluster_accepts_pass_the_new_rules() -> None:
+    resources = {
+        "cpu": "500m",
+        "memory": "64Gi",
+        "shmSize": "1.5Gi",
+        "nodeSelector": {"kubernetes.io/hostname": "node-1", "pool": ""},
+        "tolerations": [
+            {"operator": "Exists"},
+            {"key": "amd.com/gpu", "operator": "Exists", "value": "", "effect": "NoSchedule"},
+            {"key": "dedicated", "value": "ml", "effect": "NoExecute"},
+            {"key": "dedicated", "operator": "Equal", "value": ""},
+        ],
+    }
+    dataset = {"uri": "s3://datasets/v3.jsonl", "sha256": "0123456789abcdef" * 4}
+    training = {"seed": 2**32 - 1, "warmupSteps": 10000}
+    assert crd_problems(_job(resources=resources, dataset=dataset, training=training)) == []
