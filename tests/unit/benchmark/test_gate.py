@@ -86,7 +86,7 @@ def test_no_profiles_is_refused_and_never_passes_the_gate() -> None:
 
 def test_an_omitted_benchmark_gets_the_seed_plans_two_profiles() -> None:
     spec = FineTuneJobSpec.model_validate(
-        {"model": {"preset": "phi-4"}, "dataset": {"uri": "s3://d/a.jsonl"}}
+        {"model": {"preset": "phi-4"}, "dataset": {"uri": "s3://datasets/a.jsonl"}}
     )
     assert [(p.name, p.max_new_tokens, p.max_latency_seconds) for p in spec.benchmark.sla] == [
         ("question", 200, 10),
