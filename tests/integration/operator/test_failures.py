@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import TEST_CREDENTIALS
 from tests.integration.operator.harness import Cluster, manifest
 
 
 async def test_invalid_spec_fails_naming_the_field_and_creates_no_job(cluster: Cluster) -> None:
     bad = manifest("typo", cluster.dataset, lora={"r": 0}, training={"learningRate": -1})
+    if cluster.validates_schema:  # the server refuses it, naming the same fields
+        with pytest.raises(AssertionError, match="422") as refused:
+            await cluster.create(bad)
+        assert "spec.lora.r" in str(refused.value)
+        assert "spec.training.learningRate" in str(refused.value)
+        return
     await cluster.create(bad)
 
     status = await cluster.wait_for_phase("typo", "Failed")
