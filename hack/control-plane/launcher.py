@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A throwaway Kubernetes control plane on loopback: etcd, kube-apiserver and (for garbage
-collection) a kube-controller-manager that runs no workload controllers.
+collection) a kube-controller-manager that runs no workload controllers, with a MinIO
+server beside it for the artifact store (DIR/s3.json has its endpoint and credentials).
 
     hack/control-plane/up DIR     start it, wait until /readyz answers, print DIR/kubeconfig
     hack/control-plane/down DIR   stop every process `up DIR` started
@@ -21,6 +22,7 @@ import base64
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -299,6 +301,10 @@ def up(directory: Path, controller_manager: bool = True) -> Path:
         config_path.write_text(json.dumps(kubeconfig(server, pki), indent=2))
         config_path.chmod(0o600)
 
+        if (bin_dir / "minio").exists():
+            start_minio(bin_dir, directory, pids, state)
+            state_file.write_text(json.dumps(state, indent=2))
+
         if controller_manager and (bin_dir / "kube-controller-manager").exists():
             manager = start(
                 "kube-controller-manager",
@@ -327,6 +333,47 @@ def up(directory: Path, controller_manager: bool = True) -> Path:
     except BaseException:
         down(directory)
         raise
+
+
+def start_minio(
+    bin_dir: Path, directory: Path, pids: dict[str, int], state: dict[str, object]
+) -> None:
+    """A MinIO server (S3) on a free loopback port, data in DIR/minio, its console off. Its
+    endpoint and root credentials go to DIR/s3.json (readable by the owner only)."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    credentials = {"accessKey": "finetune-admin", "secretKey": secrets.token_hex(16)}
+    environment = {
+        **os.environ,
+        "MINIO_ROOT_USER": credentials["accessKey"],
+        "MINIO_ROOT_PASSWORD": credentials["secretKey"],
+        "MINIO_BROWSER": "off",
+        "MINIO_UPDATE": "off",
+    }
+    log = (directory / "minio.log").open("ab")
+    with log:
+        minio = subprocess.Popen(
+            [
+                str(bin_dir / "minio"),
+                "server",
+                "--quiet",
+                f"--address=127.0.0.1:{port}",
+                f"--console-address=127.0.0.1:{free_port()}",
+                str(directory / "minio"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            env=environment,
+            start_new_session=True,
+        )
+    pids["minio"] = minio.pid
+    wait_until(f"{endpoint}/minio/health/ready", minio, "minio", directory, timeout=60)
+    s3 = directory / "s3.json"
+    s3.touch(mode=0o600)
+    s3.write_text(json.dumps({"endpoint": endpoint, **credentials}, indent=2))
+    state["s3"] = endpoint
 
 
 def down(directory: Path) -> None:

@@ -265,6 +265,14 @@ class ControlPlane:
                 continue
         return events
 
+    def s3(self) -> dict[str, str] | None:
+        """The MinIO server's endpoint, accessKey and secretKey (None without MinIO)."""
+        path = self.directory / "s3.json"
+        if not path.exists():
+            return None
+        loaded: dict[str, str] = json.loads(path.read_text())
+        return loaded
+
     def install_crd(self) -> None:
         """The generated CRD, applied as `kubectl apply --server-side` would (idempotent),
         then established: the server serves FineTuneJobs from then on."""
