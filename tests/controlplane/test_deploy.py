@@ -83,7 +83,8 @@ def exists(plane: ControlPlane, obj: dict[str, Any]) -> bool:
 
 @pytest.mark.parametrize("install", list(INSTALLS))
 def test_helm_install_and_uninstall(control_plane: ControlPlane, install: str) -> None:
-    values = values_file(INSTALLS[install]) if INSTALLS[install] else None
+    file = INSTALLS[install]
+    values = values_file(file) if file else None
     release = f"ft-{install}"
     namespace = f"helm-{install}"
     if (values or {}).get("metrics", {}).get("serviceMonitor", {}).get("enabled"):

@@ -13,6 +13,7 @@ import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,11 @@ def empty_namespace(client: KubeClient) -> None:
         for obj in client.items(url):
             client.delete(f"{url}/{obj['metadata']['name']}", {"propagationPolicy": "Background"})
     for url in (FTJ_URL, JOBS_URL, PODS_URL):
-        wait_until(lambda url=url: not client.items(url), f"an empty {url}")
+        wait_until(partial(is_empty, client, url), f"an empty {url}")
+
+
+def is_empty(client: KubeClient, url: str) -> bool:
+    return not client.items(url)
 
 
 def real_cluster(
