@@ -672,6 +672,7 @@ class Reason:
     PROMOTION_FAILED = "PromotionFailed"
     JOB_DELETED = "JobDeleted"
     JOB_FAILED = "JobFailed"
+    JOB_REJECTED = "JobRejected"
     STAGE_FAILED = "StageFailed"
     STAGE_EXITED = "StageExited"
     INTERRUPTED = "Interrupted"

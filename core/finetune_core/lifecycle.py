@@ -270,6 +270,7 @@ class Observation:
     promoted_uri: str | None = None  # set once the executor has promoted the run
     promotion_error: str | None = None
     promotion_rejected: gate.Verdict | None = None  # gated again at the write: it lost
+    create_refused: str | None = None  # the API refused to create the stage, for good
 
 
 def with_percent(progress: Progress) -> Progress:
@@ -313,6 +314,9 @@ def decide(obs: Observation, now: datetime) -> Decision:
     they are gone; a stage of ours is never created while a predecessor's of the same name
     is still there."""
     s = obs.state
+    if obs.create_refused is not None:
+        message = f"the stage could not be created: {obs.create_refused}"
+        return _fail(s, timestamp(now), Reason.JOB_REJECTED, message)
     decision = _decide(s, obs, timestamp(now))
     if decision.create is not None:
         blocking = stage_name(s.name, s.generation, decision.create)

@@ -439,15 +439,24 @@ class S3Store(ArtifactStore):
         )
 
 
+# The JSON files the stages exchange are a few KiB; a larger one is not one of them.
+MAX_JSON_BYTES = 4 << 20
+
+
 def read_model(store: ArtifactStore, key: str, model: type[M]) -> M | None:
     """A JSON file read as its model: None when absent, InvalidFile (naming the file and the
-    problem) when unreadable. The one reader every stage and executor uses."""
+    problem) when unreadable or larger than MAX_JSON_BYTES. The one reader every stage and
+    executor uses."""
     try:
-        raw = store.get_json_or_none(key)
+        data = store.get_bytes(key)
+    except NotFound:
+        return None
+    if len(data) > MAX_JSON_BYTES:
+        raise InvalidFile(f"{store.uri(key)} is {len(data)} bytes, more than {MAX_JSON_BYTES}")
+    try:
+        raw = json.loads(data)
     except ValueError as error:  # not JSON, or not UTF-8
         raise InvalidFile(f"{store.uri(key)} is not JSON: {error}") from None
-    if raw is None:
-        return None
     try:
         return model.model_validate(raw)
     except ValidationError as error:

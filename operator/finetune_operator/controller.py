@@ -11,6 +11,7 @@ next one.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import weakref
@@ -58,6 +59,22 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+def refused_for_good(error: ApiException) -> bool:
+    """A 4xx other than a conflict or throttling: the same request will be refused again."""
+    return 400 <= (error.status or 0) < 500 and error.status not in (409, 429)
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own explanation (its Status message), else the HTTP reason."""
+    try:
+        message = str(json.loads(error.body or "{}").get("message") or "")
+    except ValueError:
+        message = ""
+    return (
+        f"{error.status} {error.reason}: {message}" if message else f"{error.status} {error.reason}"
+    )
+
+
 class Controller:
     """Reconciles FineTuneJobs; one at a time per object, any number in parallel."""
 
@@ -103,7 +120,13 @@ class Controller:
         decision = decide(observation, datetime.now(UTC))
         if decision.promote:
             decision = decide(await self._promote(observation), datetime.now(UTC))
-        await self._carry_out(obj, observation.state, decision)
+        try:
+            await self._carry_out(obj, observation.state, decision)
+        except ApiException as error:
+            if not refused_for_good(error):
+                raise  # a server error or a timeout: kopf retries the reconcile with back-off
+            refused = replace(observation, create_refused=api_message(error))
+            decision = decide(refused, datetime.now(UTC))
         if decision.status:
             await self.kube.patch_finetunejob_status(namespace, name, decision.status)
         phase = decision.status.get("phase") or observation.state.phase

@@ -22,6 +22,9 @@ from finetune_operator.builders import LABEL_JOB
 
 T = TypeVar("T")
 
+# (connect, read) seconds for every API call the operator makes itself.
+REQUEST_TIMEOUT = (5.0, 30.0)
+
 
 def load_configuration() -> client.Configuration:
     """Where the API server is and how to authenticate: in a pod its service account, else
@@ -54,7 +57,11 @@ class Kube:
         self._client.close()
 
     async def _call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        response = await asyncio.to_thread(call, *args, _preload_content=False, **kwargs)
+        """One API call in a thread, bounded in time: a stalled connection is an error the
+        reconcile retries, never a reconcile that hangs."""
+        response = await asyncio.to_thread(
+            call, *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs
+        )
         return json.loads(response.data or b"null")
 
     async def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:

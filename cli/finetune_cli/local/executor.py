@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from finetune_cli.local.generations import choose_generation
+from finetune_cli.local.lock import RunLocked, run_lock
 from finetune_cli.local.manifest import LocalJob, load_job, print_problems
 from finetune_cli.local.processes import (
     POLL_SECONDS,
@@ -265,9 +266,13 @@ def run_manifest(
         artifacts = open_store(store, endpoint)
         if isinstance(artifacts, S3Store):
             artifacts.ensure_bucket()
-        return _run(console, job, artifacts, endpoint, command)
+        with run_lock(artifacts, job.namespace, job.name):
+            return _run(console, job, artifacts, endpoint, command)
     except StoreUnavailable as error:
         console.print(f"[red]The artifact store is unreachable:[/] {error}")
+        return EXIT_FAILED
+    except RunLocked as locked:
+        console.print(f"[red]{locked}[/]", highlight=False)
         return EXIT_FAILED
 
 
@@ -364,10 +369,24 @@ def approve_run(
         return EXIT_FAILED
     config = snapshot.config
     job = LocalJob(run.namespace, run.name, config.spec, 0, None, config.uid)
-    with _executor(
-        console, artifacts, job, run.generation, status.to_wire(), endpoint, command, approved=True
-    ) as executor:
-        return executor.execute()
+    try:
+        with (
+            run_lock(artifacts, run.namespace, run.name),
+            _executor(
+                console,
+                artifacts,
+                job,
+                run.generation,
+                status.to_wire(),
+                endpoint,
+                command,
+                approved=True,
+            ) as executor,
+        ):
+            return executor.execute()
+    except RunLocked as locked:
+        console.print(f"[red]{locked}[/]", highlight=False)
+        return EXIT_FAILED
 
 
 def approve_command(run: RunPaths, store: ArtifactStore, endpoint: str | None) -> str:

@@ -770,3 +770,15 @@ def test_a_job_a_user_merely_labelled_is_neither_adopted_nor_deleted() -> None:
     state = run_state(obj, [labelled])
     assert (state.train, state.leftovers, state.superseded) == (None, (), ())
     assert "agent-g1-train" not in decide(observe(obj, labelled), NOW).delete
+
+
+def test_a_stage_the_api_refuses_for_good_fails_the_run_with_the_servers_words() -> None:
+    refused = Observation(
+        state=run_state(at_phase("Validating")),
+        run_uri=run_uri(),
+        create_refused='403 Forbidden: jobs.batch is forbidden: User "x" cannot create',
+    )
+    decision = decide(refused, NOW)
+    assert (decision.create, decision.status["phase"]) == (None, "Failed")
+    assert decision.status["conditions"][0]["reason"] == "JobRejected"
+    assert "jobs.batch is forbidden" in decision.status["message"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
+from finetune_operator.controller import api_message, refused_for_good
 from finetune_operator.observe import run_state, stuck
 from finetune_operator.settings import OperatorSettings
 from tests.support.manifests import finetunejob
@@ -81,3 +84,14 @@ def test_only_tolerations_the_operator_allows_pass() -> None:
     assert (
         run_state(finetunejob(resources={"tolerations": [anywhere]}), settings=wider).problems == ()
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "for_good"),
+    [(400, True), (403, True), (422, True), (409, False), (429, False), (500, False), (503, False)],
+)
+def test_which_api_refusals_are_for_good(status: int, for_good: bool) -> None:
+    error = ApiException(status=status, reason="Reason")
+    error.body = json.dumps({"kind": "Status", "message": "what the server said"})
+    assert refused_for_good(error) is for_good
+    assert api_message(error) == f"{status} Reason: what the server said"
