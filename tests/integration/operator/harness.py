@@ -322,10 +322,12 @@ class Cluster:
             },
         )
 
-    async def failed_pod(self, owner: str, generation: int, stage: StageName, message: str) -> None:
-        """A pod of the stage's Job whose container exited 1 with a termination message
-        (created, then given its status, as the kubelet would)."""
-        name = f"{stage_name(owner, generation, stage)}-x7k2p"
+    async def pod(
+        self, owner: str, generation: int, stage: StageName, phase: str, state: dict[str, Any]
+    ) -> None:
+        """A pod of the stage's Job, created and then given its status (its one container in
+        `state`), as the Job controller and the kubelet would."""
+        name = f"{stage_name(owner, generation, stage)}-{phase.lower()[:5]}"
         await self._request(
             "POST",
             PODS_URL,
@@ -337,52 +339,30 @@ class Cluster:
             },
             "application/json",
         )
+        container = {"name": "trainer", "state": state}
+        await self._request(
+            "PATCH",
+            f"{PODS_URL}/{name}/status",
+            {"status": {"phase": phase, "containerStatuses": [container]}},
+            "application/merge-patch+json",
+        )
+
+    async def failed_pod(self, owner: str, generation: int, stage: StageName, message: str) -> None:
+        """A pod whose container exited 1 with a termination message."""
         terminated = {
             "exitCode": 1,
             "reason": "Error",
             "message": message,
             "finishedAt": "2026-01-01T00:00:00Z",
         }
-        await self._request(
-            "PATCH",
-            f"{PODS_URL}/{name}/status",
-            {
-                "status": {
-                    "phase": "Failed",
-                    "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
-                }
-            },
-            "application/merge-patch+json",
-        )
+        await self.pod(owner, generation, stage, "Failed", {"terminated": terminated})
 
     async def waiting_pod(
         self, owner: str, generation: int, stage: StageName, reason: str, message: str
     ) -> None:
-        """A pod of the stage's Job whose container waits (ImagePullBackOff, ...)."""
-        name = f"{stage_name(owner, generation, stage)}-w4it1"
-        await self._request(
-            "POST",
-            PODS_URL,
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "labels": child_labels(owner, generation, stage)},
-                "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
-            },
-            "application/json",
-        )
-        waiting = {"waiting": {"reason": reason, "message": message}}
-        await self._request(
-            "PATCH",
-            f"{PODS_URL}/{name}/status",
-            {
-                "status": {
-                    "phase": "Pending",
-                    "containerStatuses": [{"name": "trainer", "state": waiting}],
-                }
-            },
-            "application/merge-patch+json",
-        )
+        """A pod whose container waits (ImagePullBackOff, ...)."""
+        waiting = {"reason": reason, "message": message}
+        await self.pod(owner, generation, stage, "Pending", {"waiting": waiting})
 
     # ---------------------------------------------------------------- the pods' files
 
