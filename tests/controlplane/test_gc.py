@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 
 from finetune_core.store import S3Store
-from finetune_operator.settings import OperatorSettings
 from tests.controlplane.server import ControlPlane
 from tests.integration.operator.harness import FTJ_URL
-from tests.integration.operator.realserver import real_cluster
+from tests.integration.operator.realserver import real_cluster_with_dataset
 from tests.support.manifests import small_job
 
 
@@ -20,17 +19,7 @@ async def test_deleting_a_finetunejob_deletes_its_jobs(
     s3_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = OperatorSettings(
-        trainer_image="registry.test/finetune/trainer:test",
-        store=s3_env["FINETUNE_STORE"],
-        s3_endpoint=s3_env["FINETUNE_S3_ENDPOINT"],
-        store_secret="store-credentials",
-        progress_interval_seconds=0.2,
-    )
-    s3_store.put_bytes(
-        "datasets/chat.jsonl", b'{"messages": [{"role": "user", "content": "hi"}]}\n'
-    )
-    cluster = real_cluster(control_plane, s3_store, s3_store.uri("datasets/chat.jsonl"), settings)
+    cluster = real_cluster_with_dataset(control_plane, s3_store, s3_env)
     monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
     cluster.start_operator()
     try:

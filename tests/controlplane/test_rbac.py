@@ -10,12 +10,11 @@ import logging
 import pytest
 
 from finetune_core.store import S3Store
-from finetune_operator.settings import OperatorSettings
 from tests.controlplane.server import ControlPlane
 from tests.integration.operator.realserver import (
     OPERATOR_NAMESPACE,
     chart_rbac,
-    real_cluster,
+    real_cluster_with_dataset,
     service_account_kubeconfig,
 )
 from tests.support.manifests import small_job
@@ -47,17 +46,7 @@ async def test_without_create_on_jobs_the_operator_fails_with_forbidden(
     kubeconfig = service_account_kubeconfig(
         control_plane, objects, control_plane.directory / "operator-broken.kubeconfig"
     )
-    settings = OperatorSettings(
-        trainer_image="registry.test/finetune/trainer:test",
-        store=s3_env["FINETUNE_STORE"],
-        s3_endpoint=s3_env["FINETUNE_S3_ENDPOINT"],
-        store_secret="store-credentials",
-        progress_interval_seconds=0.2,
-    )
-    s3_store.put_bytes(
-        "datasets/chat.jsonl", b'{"messages": [{"role": "user", "content": "hi"}]}\n'
-    )
-    cluster = real_cluster(control_plane, s3_store, s3_store.uri("datasets/chat.jsonl"), settings)
+    cluster = real_cluster_with_dataset(control_plane, s3_store, s3_env)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     user = f"system:serviceaccount:{OPERATOR_NAMESPACE}:rbac-broken-finetune-operator"
 

@@ -21,6 +21,7 @@ import helm_python as helm
 import yaml
 
 from finetune_operator.builders import LABEL_JOB
+from finetune_operator.settings import OperatorSettings
 from tests.controlplane.server import REPO, ControlPlane, KubeClient, wait_until
 from tests.integration.operator.harness import FTJ_URL, JOBS_URL, NAMESPACE, PODS_URL, Cluster
 
@@ -212,3 +213,19 @@ def operator_kubeconfig(control_plane: ControlPlane, scope: str) -> Path:
             control_plane, chart_rbac(release, values), path
         )
     return _identities[key]
+
+
+def real_cluster_with_dataset(
+    control_plane: ControlPlane, store: Any, s3_env: dict[str, str]
+) -> RealCluster:
+    """A RealCluster with the operator's test settings and a small dataset in the bucket,
+    for tests that start the operator with a kubeconfig of their own."""
+    settings = OperatorSettings(
+        trainer_image="registry.test/finetune/trainer:test",
+        store=s3_env["FINETUNE_STORE"],
+        s3_endpoint=s3_env["FINETUNE_S3_ENDPOINT"],
+        store_secret="store-credentials",
+        progress_interval_seconds=0.2,
+    )
+    store.put_bytes("datasets/chat.jsonl", b'{"messages": [{"role": "user", "content": "hi"}]}\n')
+    return real_cluster(control_plane, store, store.uri("datasets/chat.jsonl"), settings)
