@@ -16,7 +16,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune_core.layout import RunPaths, StoredCheckpoints, scan_checkpoints
+from finetune_core.layout import (
+    CHECKPOINT_COMPLETE_MARKER,
+    RunPaths,
+    StoredCheckpoints,
+    scan_checkpoints,
+)
 from finetune_core.store import ArtifactStore
 from finetune_trainer.uploads import BackgroundUploader
 
@@ -70,7 +75,8 @@ class CheckpointSync:
         self.uploaded: list[int] = []  # steps whose upload completed in this process
 
     def stored(self) -> StoredCheckpoints:
-        return scan_checkpoints(self.store.list(self.paths.checkpoints + "/"), self.paths.checkpoints)
+        keys = self.store.list(self.paths.checkpoints + "/")
+        return scan_checkpoints(keys, self.paths.checkpoints)
 
     def download_newest(self, into: Path) -> LocalCheckpoint | None:
         """Download the newest complete checkpoint to `into/checkpoint-<N>`, or None."""
