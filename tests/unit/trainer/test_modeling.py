@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune_trainer.modeling import cgroup_cpu_limit, limit_cpu_threads, local_model_path
+from finetune_trainer.backend import cgroup_cpu_limit, limit_cpu_threads
+from finetune_trainer.modeling import local_model_path
 
 
 @pytest.mark.parametrize(
