@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal, get_args
@@ -50,8 +51,15 @@ def backend_setting(environ: Mapping[str, str] = os.environ) -> BackendSetting:
     raise invalid_input(INVALID_BACKEND, f"{BACKEND_ENV}={value!r}: must be one of {allowed}")
 
 
+PATCHED_BY_UNSLOTH = ("transformers", "trl", "peft")
+
+
 def import_unsloth() -> None:
-    """Import unsloth (it must precede transformers, trl and peft)."""
+    """Import unsloth; it must precede transformers, trl and peft, so say when it does not
+    (a bug in the caller: unsloth's patches would then be partial)."""
+    early = [name for name in PATCHED_BY_UNSLOTH if name in sys.modules]
+    if early:
+        log.warning("%s imported before unsloth: its patches may not apply", ", ".join(early))
     importlib.import_module("unsloth")
 
 

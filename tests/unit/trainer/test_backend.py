@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,3 +151,14 @@ def test_a_stage_with_unsloth_required_but_not_installed_fails_clearly(
         "ModuleNotFoundError: No module named 'unsloth'"
     )
     assert not (tmp_path / "cache").exists()  # failed before any model was converted
+
+
+def test_importing_unsloth_after_transformers_is_reported(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in backend.PATCHED_BY_UNSLOTH:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "trl", sys.modules.get("trl", object()))
+    with pytest.raises(ImportError):
+        backend.import_unsloth()
+    assert "trl imported before unsloth: its patches may not apply" in caplog.text
