@@ -31,7 +31,7 @@ from finetune_core.promotion import read_champion
 from finetune_core.store import ArtifactStore, InvalidFile, NotFound, open_run, read_model
 from finetune_trainer import failures
 from finetune_trainer.environment import describe_environment, library_versions
-from finetune_trainer.failures import Stage, StageFailure, invalid_input
+from finetune_trainer.failures import PodStage, StageFailure, invalid_input
 from finetune_trainer.latency import SampleTiming, summarize
 from finetune_trainer.logs import setup_logging
 from finetune_trainer.modeling import LoadedModel
@@ -41,7 +41,7 @@ from finetune_trainer.timing import generation_options, measure
 
 log = logging.getLogger(__name__)
 
-STAGE: Stage = "benchmark"
+STAGE: PodStage = "benchmark"
 
 
 def main(run_uri: str) -> int:

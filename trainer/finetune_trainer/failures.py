@@ -18,7 +18,7 @@ from finetune_core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
-Stage = Literal["train", "benchmark"]
+PodStage = Literal["train", "benchmark"]
 
 
 class StageFailure(Exception):
@@ -35,7 +35,7 @@ def invalid_input(reason: str, message: str) -> StageFailure:
     return StageFailure(reason, message, EXIT_INVALID_INPUT)
 
 
-def report(store: ArtifactStore, paths: RunPaths, stage: Stage, failure: StageFailure) -> int:
+def report(store: ArtifactStore, paths: RunPaths, stage: PodStage, failure: StageFailure) -> int:
     """Log the failure, write error.json (if the store allows) and return its exit code."""
     log.error("%s: %s", failure.reason, failure, extra={"reason": failure.reason})
     error = ErrorReport(stage=stage, reason=failure.reason, message=str(failure))

@@ -40,7 +40,7 @@ from finetune_trainer.checkpoints import (
     read_state,
 )
 from finetune_trainer.data import DatasetError
-from finetune_trainer.failures import Stage, StageFailure, invalid_input
+from finetune_trainer.failures import PodStage, StageFailure, invalid_input
 from finetune_trainer.logs import setup_logging
 from finetune_trainer.uploads import BackgroundUploader
 
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("finetune.train")
 
-STAGE: Stage = "train"
+STAGE: PodStage = "train"
 UPLOAD_WAIT_ENV = "FINETUNE_UPLOAD_WAIT_SECONDS"  # at the end: wait for checkpoint uploads
 TERM_WAIT_ENV = "FINETUNE_TERM_UPLOAD_SECONDS"  # after SIGTERM: within the grace period
 WORKDIR_ENV = "FINETUNE_WORKDIR"
