@@ -29,7 +29,7 @@ from typing import Literal, get_args
 
 import torch
 
-from finetune_trainer.failures import StageFailure, invalid_input
+from finetune_trainer.stage import StageFailure, invalid_input
 
 log = logging.getLogger(__name__)
 

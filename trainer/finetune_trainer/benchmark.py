@@ -29,14 +29,14 @@ from finetune_core.gate import decide, percentile_of, profile_meets_sla
 from finetune_core.layout import ErrorReport, RunPaths, model_key
 from finetune_core.promotion import read_champion
 from finetune_core.store import ArtifactStore, InvalidFile, NotFound, open_run, read_model
-from finetune_trainer import failures
+from finetune_trainer import stage
 from finetune_trainer.environment import describe_environment, library_versions
-from finetune_trainer.failures import PodStage, StageFailure, invalid_input
 from finetune_trainer.latency import SampleTiming, summarize
 from finetune_trainer.logs import setup_logging
 from finetune_trainer.modeling import LoadedModel
 from finetune_trainer.prompts import Prompt, encode_prompts, load_prompts
 from finetune_trainer.report import ProfileSamples, ReportInputs, write_report
+from finetune_trainer.stage import PodStage, StageFailure, invalid_input
 from finetune_trainer.timing import generation_options, measure
 
 log = logging.getLogger(__name__)
@@ -54,31 +54,21 @@ def main(run_uri: str) -> int:
         log.error("%s", error)
         return EXIT_INVALID_INPUT
     try:
-        config = read_config(store, run)
+        config = stage.read_config(store, run)
         clear_stale_error(store, run)
         with tempfile.TemporaryDirectory(prefix="finetune-benchmark-") as workdir:
             report = run_benchmark(store, run, config, Path(workdir))
     except StageFailure as failure:
-        return failures.report(store, run, STAGE, failure)
+        return stage.report(store, run, STAGE, failure)
     except Exception as error:  # the pod must leave error.json whatever went wrong
         log.exception("benchmark failed")
-        return failures.report(store, run, STAGE, failures.unexpected(error, "BenchmarkFailed"))
+        return stage.report(store, run, STAGE, stage.unexpected(error, "BenchmarkFailed"))
     log.info(
         "benchmark %s: %s",
         "passed" if report.passed else "failed",
         "; ".join(report.reasons) or "every profile met its limit",
     )
     return EXIT_OK
-
-
-def read_config(store: ArtifactStore, run: RunPaths) -> RunConfig:
-    try:
-        config = read_model(store, run.config, RunConfig)
-    except InvalidFile as error:
-        raise invalid_input("InvalidConfig", str(error)) from None
-    if config is None:
-        raise invalid_input("InvalidConfig", f"{store.uri(run.config)} does not exist")
-    return config
 
 
 def clear_stale_error(store: ArtifactStore, run: RunPaths) -> None:

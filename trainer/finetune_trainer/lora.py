@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from finetune_core.api import ResolvedSpec
-from finetune_trainer.failures import invalid_input
 from finetune_trainer.modeling import LoadedModel
 from finetune_trainer.plan import peft_targets, short_names, unknown_target_modules
+from finetune_trainer.stage import invalid_input
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import torch
 
 from finetune_core.api import ResolvedSpec, SlaProfile
 from finetune_trainer import data
-from finetune_trainer.failures import invalid_input
 from finetune_trainer.report import slug
+from finetune_trainer.stage import invalid_input
 
 
 @dataclass(frozen=True)

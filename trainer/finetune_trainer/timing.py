@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.failures import StageFailure
 from finetune_trainer.latency import SampleTiming
+from finetune_trainer.stage import StageFailure
 
 
 class MeasurementError(StageFailure):

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune_core.api import Metrics, ResolvedSpec, RunConfig
+from finetune_core.api import Metrics, ResolvedSpec
 from finetune_core.exit_codes import EXIT_INVALID_INPUT, EXIT_OK, EXIT_TERMINATED
 from finetune_core.layout import RunPaths
-from finetune_core.store import ArtifactStore, InvalidFile, open_run, read_model
-from finetune_trainer import data, failures, losscurve, plan
+from finetune_core.store import ArtifactStore, open_run
+from finetune_trainer import data, losscurve, plan, stage
 from finetune_trainer.checkpoints import (
     BASE_EVAL_LOSS,
     CheckpointSync,
@@ -40,8 +40,8 @@ from finetune_trainer.checkpoints import (
     read_state,
 )
 from finetune_trainer.data import DatasetError
-from finetune_trainer.failures import PodStage, StageFailure, invalid_input
 from finetune_trainer.logs import setup_logging
+from finetune_trainer.stage import PodStage, StageFailure, invalid_input
 from finetune_trainer.uploads import BackgroundUploader
 
 if TYPE_CHECKING:
@@ -75,17 +75,17 @@ def main(run_uri: str) -> int:
     try:
         return run(store, paths)
     except StageFailure as failure:
-        return failures.report(store, paths, STAGE, failure)
+        return stage.report(store, paths, STAGE, failure)
     except DatasetError as error:
-        return failures.report(store, paths, STAGE, invalid_input("InvalidDataset", str(error)))
+        return stage.report(store, paths, STAGE, invalid_input("InvalidDataset", str(error)))
     except Exception as error:
         log.exception("training failed")
-        return failures.report(store, paths, STAGE, failures.unexpected(error, "TrainingFailed"))
+        return stage.report(store, paths, STAGE, stage.unexpected(error, "TrainingFailed"))
 
 
 def run(store: ArtifactStore, paths: RunPaths) -> int:
     """The recipe: set up, evaluate the base model, train, evaluate and publish."""
-    spec = read_config(store, paths).spec
+    spec = stage.read_config(store, paths).spec
     log.info("run %s: %s on %s", store.uri(paths.prefix), spec.model_id, spec.dataset.uri)
     with scratch_directory() as work:
         session = set_up(store, paths, spec, work)
@@ -118,16 +118,6 @@ class Session:
     resume: LocalCheckpoint | None
     stop: StopOnSignal
     uploader: BackgroundUploader
-
-
-def read_config(store: ArtifactStore, paths: RunPaths) -> RunConfig:
-    try:
-        config = read_model(store, paths.config, RunConfig)
-    except InvalidFile as error:
-        raise invalid_input("InvalidConfig", str(error)) from None
-    if config is None:
-        raise invalid_input("InvalidConfig", f"{store.uri(paths.config)} does not exist")
-    return config
 
 
 @contextlib.contextmanager

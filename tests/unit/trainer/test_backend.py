@@ -22,7 +22,7 @@ from finetune_trainer.backend import (
     choose_backend,
     select_backend,
 )
-from finetune_trainer.failures import StageFailure
+from finetune_trainer.stage import StageFailure
 
 RUN = RunPaths("ml", "backend", 1)
 ROW = {"messages": [{"role": "user", "content": "hi?"}, {"role": "assistant", "content": "yo"}]}

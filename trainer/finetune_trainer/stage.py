@@ -1,5 +1,6 @@
-"""How a stage ends when it cannot finish: an error.json `{stage, reason, message}` in the
-run directory and an exit code from `finetune_core.exit_codes`.
+"""What both pod stages (train, benchmark) share: config.json in; when a stage cannot
+finish, an error.json `{stage, reason, message}` in the run directory and an exit code from
+`finetune_core.exit_codes` out.
 
 Code that finds a problem raises StageFailure with a CamelCase reason; the stage's entry
 point turns it into the file and the exit code (`report`). EXIT_INVALID_INPUT says that a
@@ -12,9 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+from finetune_core.api import RunConfig
 from finetune_core.exit_codes import EXIT_FAILED, EXIT_INVALID_INPUT
 from finetune_core.layout import ErrorReport, RunPaths
-from finetune_core.store import ArtifactStore
+from finetune_core.store import ArtifactStore, InvalidFile, read_model
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +51,14 @@ def report(store: ArtifactStore, paths: RunPaths, stage: PodStage, failure: Stag
 def unexpected(error: Exception, reason: str) -> StageFailure:
     """Any other exception as a retryable failure whose message names its type."""
     return StageFailure(reason, f"{type(error).__name__}: {error}", EXIT_FAILED)
+
+
+def read_config(store: ArtifactStore, paths: RunPaths) -> RunConfig:
+    """The run's config.json; an InvalidConfig input failure when absent or invalid."""
+    try:
+        config = read_model(store, paths.config, RunConfig)
+    except InvalidFile as error:
+        raise invalid_input("InvalidConfig", str(error)) from None
+    if config is None:
+        raise invalid_input("InvalidConfig", f"{store.uri(paths.config)} does not exist")
+    return config
