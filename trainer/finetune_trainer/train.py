@@ -101,7 +101,7 @@ def run(store: ArtifactStore, paths: RunPaths) -> int:
 
 
 @dataclass
-class Session:
+class TrainingSession:
     """Everything the recipe's later steps use, made by `set_up`."""
 
     store: ArtifactStore
@@ -129,7 +129,9 @@ def scratch_directory() -> Iterator[Path]:
         yield Path(scratch)
 
 
-def set_up(store: ArtifactStore, paths: RunPaths, spec: ResolvedSpec, work: Path) -> Session:
+def set_up(
+    store: ArtifactStore, paths: RunPaths, spec: ResolvedSpec, work: Path
+) -> TrainingSession:
     """Dataset, backend, encoded splits, model with adapter, and a trainer ready to resume."""
     dataset = data.fetch(spec.dataset.uri, work / "dataset")
     numbered = data.read_numbered(dataset)
@@ -149,7 +151,7 @@ def set_up(store: ArtifactStore, paths: RunPaths, spec: ResolvedSpec, work: Path
     state = ResumableState(read_state(resume.path) if resume else {})
     trainer, stop = build_trainer(store, paths, spec, work, splits, steps, loaded, model)
     add_training_callbacks(trainer, sync, state, uploader, store, paths)
-    return Session(
+    return TrainingSession(
         store=store,
         paths=paths,
         spec=spec,
@@ -265,7 +267,7 @@ def add_training_callbacks(
 # ---------------------------------------------------------------- 2. base evaluation
 
 
-def evaluate_base_model(session: Session) -> None:
+def evaluate_base_model(session: TrainingSession) -> None:
     """The base model's eval loss: the adapter starts as a no-op, so evaluating the model
     before its first step measures the base. A resumed run reads it from its checkpoint."""
     loss = session.state.get(BASE_EVAL_LOSS)
@@ -278,7 +280,7 @@ def evaluate_base_model(session: Session) -> None:
 # ---------------------------------------------------------------- 3. train
 
 
-def train(session: Session) -> bool:
+def train(session: TrainingSession) -> bool:
     """Train to the planned step; False when SIGTERM stopped it first (after a checkpoint)."""
     trainer = session.trainer
     session.state.start_training_clock()
@@ -302,7 +304,7 @@ def _seconds(env: str, default: float) -> float:
 # ---------------------------------------------------------------- 4. evaluate and publish
 
 
-def evaluate_adapter(session: Session) -> Metrics:
+def evaluate_adapter(session: TrainingSession) -> Metrics:
     """metrics.json's content: the adapter's eval loss and what the run measured."""
     from finetune_trainer.training import final_eval_loss
 
@@ -333,7 +335,7 @@ def evaluate_adapter(session: Session) -> Metrics:
     return metrics
 
 
-def publish(session: Session, metrics: Metrics) -> None:
+def publish(session: TrainingSession, metrics: Metrics) -> None:
     """Upload the adapter (PEFT format, with tokenizer and chat template), the loss report,
     then metrics.json: a reader that sees the metrics finds everything else in place."""
     store, paths, spec, work = session.store, session.paths, session.spec, session.work
