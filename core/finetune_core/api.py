@@ -740,6 +740,10 @@ class Metrics(StatusModel):
     truncated_rows: int | None = Field(
         default=None, description="Conversations cut to model.maxSeqLength."
     )
+    backend: str | None = Field(
+        default=None,
+        description="What trained the adapter: unsloth or transformers (FINETUNE_BACKEND).",
+    )
 
 
 class ProfileResult(StatusModel):

@@ -17,7 +17,6 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -186,23 +185,24 @@ def sha256_file(path: Path) -> str:
 
 
 def fetch(uri: str, dest_dir: Path) -> Path:
-    """A local copy of a dataset: s3://bucket/key is downloaded into dest_dir (credentials
-    and endpoint from the environment); file:///path and plain paths are used in place."""
-    from finetune_core.store import NotFound, open_store
+    """A local copy of a dataset (s3://bucket/key, file:///path or a path): an object store's
+    file is downloaded into dest_dir (credentials and endpoint from the environment); a
+    local file is used in place."""
+    from finetune_core.store import LocalStore, NotFound, open_object
 
-    if uri.startswith("s3://"):
-        parsed = urlparse(uri)
-        key = parsed.path.lstrip("/")
-        if not parsed.netloc or not key:
-            raise DatasetError([LineProblem(0, f"{uri!r} is not s3://bucket/key")], uri)
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        target = dest_dir / Path(key).name
-        try:
-            open_store(f"s3://{parsed.netloc}").get_file(key, target)
-        except NotFound:
-            raise DatasetError([LineProblem(0, f"no such object: {uri}")], uri) from None
-        return target
-    path = Path(uri.removeprefix("file://"))
-    if not path.is_file():
-        raise DatasetError([LineProblem(0, f"no such file: {path}")], uri)
-    return path
+    try:
+        store, key = open_object(uri)
+    except ValueError as error:
+        raise DatasetError([LineProblem(0, str(error))], uri) from None
+    if isinstance(store, LocalStore):
+        path = Path(store.uri(key))
+        if not path.is_file():
+            raise DatasetError([LineProblem(0, f"no such file: {path}")], uri)
+        return path
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / Path(key).name
+    try:
+        store.get_file(key, target)
+    except NotFound:
+        raise DatasetError([LineProblem(0, f"no such object: {uri}")], uri) from None
+    return target

@@ -8,7 +8,7 @@ most templates lack); and truncation is counted. What SFTTrainer would add on to
 Trainer (formatting, packing) is not used. unsloth patches Trainer as well, so the GPU path
 runs the same loop.
 
-Import this module only after `modeling.select_backend()` (it imports transformers).
+Import this module only after `backend.select_backend()` (it imports transformers).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging as transformers_logging
 
 from finetune_core.api import ResolvedSpec
+from finetune_trainer.backend import compute_dtype
 from finetune_trainer.checkpoints import CheckpointSync, write_state
 from finetune_trainer.encoding import EncodedRow, PadCollator
-from finetune_trainer.modeling import LoadedModel, compute_dtype
+from finetune_trainer.modeling import LoadedModel
 from finetune_trainer.plan import StepPlan
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ transformers_logging.set_verbosity_warning()
 transformers_logging.disable_progress_bar()
 
 
-class Rows(torch.utils.data.Dataset[EncodedRow]):
+class EncodedRowDataset(torch.utils.data.Dataset[EncodedRow]):
     """Encoded conversations as a map-style dataset."""
 
     def __init__(self, rows: list[EncodedRow]):
@@ -151,8 +152,8 @@ def build_trainer(
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=Rows(train_rows),
-        eval_dataset=Rows(eval_rows),
+        train_dataset=EncodedRowDataset(train_rows),
+        eval_dataset=EncodedRowDataset(eval_rows),
         data_collator=PadCollator(loaded.tokenizer.pad_token_id),
         processing_class=loaded.tokenizer,
         callbacks=callbacks,

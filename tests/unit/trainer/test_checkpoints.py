@@ -13,8 +13,12 @@ from finetune_core.layout import (
     scan_checkpoints,
 )
 from finetune_core.store import ArtifactStore
+from finetune_trainer import checkpoints
 from finetune_trainer.checkpoints import (
+    BASE_EVAL_LOSS,
+    TRAIN_SECONDS,
     CheckpointSync,
+    ResumableState,
     read_state,
     to_delete,
     write_state,
@@ -117,3 +121,21 @@ def test_no_complete_checkpoint_means_no_resume(local_store: ArtifactStore, tmp_
     local_store.put_bytes(f"{PREFIX}/step-9/adapter_model.safetensors", b"partial")
     sync = CheckpointSync(local_store, PATHS, BackgroundUploader(), tmp_path, keep=1)
     assert sync.download_newest(tmp_path / "resume") is None
+
+
+def test_resumable_state_carries_the_base_loss_and_adds_up_training_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = iter([100.0, 130.0, 1000.0, 1005.0])
+    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: next(clock))
+    first = ResumableState({})
+    assert first.get(BASE_EVAL_LOSS) is None and first.train_seconds() == 0.0
+    first.set(BASE_EVAL_LOSS, 2.5)
+    first.start_training_clock()  # 100
+    write_state(tmp_path, first.snapshot())  # at 130: 30 s trained
+    assert read_state(tmp_path) == {BASE_EVAL_LOSS: 2.5, TRAIN_SECONDS: 30.0}
+
+    resumed = ResumableState(read_state(tmp_path))  # a retried pod, its own clock
+    assert resumed.get(BASE_EVAL_LOSS) == 2.5  # not measured again
+    resumed.start_training_clock()  # 1000
+    assert resumed.train_seconds() == 35.0  # 30 s before, 5 s in this attempt
