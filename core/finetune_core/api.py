@@ -154,6 +154,7 @@ class DatasetSpec(ApiModel):
         json_schema_extra={"pattern": SHA256_PATTERN},
     )
     validation_split: float = Field(
+        strict=True,
         default=0.1,
         allow_inf_nan=False,
         gt=0,
@@ -197,6 +198,7 @@ class LoraSpec(ApiModel):
         description="Scaling numerator (lora_alpha), 1..4096.",
     )
     dropout: float | None = Field(
+        strict=True,
         default=None,
         allow_inf_nan=False,
         ge=0,
@@ -222,6 +224,7 @@ class TrainingSpec(ApiModel):
     """Optimiser and schedule; unset fields come from the preset."""
 
     epochs: float | None = Field(
+        strict=True,
         default=None,
         allow_inf_nan=False,
         gt=0,
@@ -243,6 +246,7 @@ class TrainingSpec(ApiModel):
         description="Device steps per optimiser step, 1..4096.",
     )
     learning_rate: float | None = Field(
+        strict=True,
         default=None,
         allow_inf_nan=False,
         gt=0,
@@ -437,6 +441,7 @@ class SlaProfile(ApiModel):
         strict=True, ge=1, le=32768, description="Tokens generated per sample, 1..32768."
     )
     max_latency_seconds: float = Field(
+        strict=True,
         allow_inf_nan=False,
         gt=0,
         le=86400,
