@@ -738,6 +738,9 @@ class Metrics(StatusModel):
     train_runtime_seconds: float | None = Field(default=None, description="Training wall time.")
     train_tokens: int | None = Field(default=None, description="Tokens trained on.")
     dataset_sha256: str | None = Field(default=None, description="sha256 of the dataset file.")
+    dataset_etag: str | None = Field(
+        default=None, description="The object store's ETag of the dataset (s3:// datasets)."
+    )
     train_rows: int | None = Field(default=None, description="Conversations in the training split.")
     eval_rows: int | None = Field(
         default=None, description="Conversations in the validation split."

@@ -100,6 +100,10 @@ class ArtifactStore(ABC):
         except NotFound:
             return None
 
+    def etag(self, key: str) -> str | None:
+        """The object store's ETag of an object; None where the store has none."""
+        return None
+
     @abstractmethod
     def get_versioned(self, key: str) -> tuple[bytes, str] | None:
         """An object and its version (the ETag: changes whenever the object does); None
@@ -390,6 +394,10 @@ class S3Store(ArtifactStore):
 
     def delete(self, key: str) -> None:
         self._retry(key, lambda: self.client.remove_object(self.bucket, self._key(key)))
+
+    def etag(self, key: str) -> str | None:
+        stat = self._retry(key, lambda: self.client.stat_object(self.bucket, self._key(key)))
+        return (stat.etag or "").strip('"') or None
 
     def get_versioned(self, key: str) -> tuple[bytes, str] | None:
         def read() -> tuple[bytes, str]:

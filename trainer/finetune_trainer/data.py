@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -182,6 +185,19 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def etag(uri: str) -> str | None:
+    """The object store's ETag of a dataset (None for a local file, or when it cannot be
+    read): with the sha256, what the run's metrics record about the data it trained on."""
+    from finetune_core.store import open_object
+
+    try:
+        store, key = open_object(uri)
+        return store.etag(key)
+    except Exception as error:  # recorded when known; never a reason to fail the run
+        log.warning("could not read the ETag of %s: %s", uri, error)
+        return None
 
 
 def fetch(uri: str, dest_dir: Path) -> Path:

@@ -110,6 +110,7 @@ class TrainingSession:
     work: Path
     splits: EncodedSplits
     dataset_sha256: str
+    dataset_etag: str | None
     steps: plan.StepPlan
     loaded: LoadedModel
     model: Any  # the model with its LoRA adapter
@@ -134,6 +135,13 @@ def set_up(
 ) -> TrainingSession:
     """Dataset, backend, encoded splits, model with adapter, and a trainer ready to resume."""
     dataset = data.fetch(spec.dataset.uri, work / "dataset")
+    digest = data.sha256_file(dataset)
+    if spec.dataset.sha256 and digest != spec.dataset.sha256:
+        raise invalid_input(
+            "DatasetChanged",
+            f"{spec.dataset.uri} has sha256 {digest}, but spec.dataset.sha256 pins "
+            f"{spec.dataset.sha256}: the dataset was rewritten at the same URI",
+        )
     numbered = data.read_numbered(dataset)
     log.info("dataset %s: %d conversations, every line valid", dataset.name, len(numbered))
     # Only now the heavy imports: select_backend imports unsloth, where used, before them.
@@ -157,7 +165,8 @@ def set_up(
         spec=spec,
         work=work,
         splits=splits,
-        dataset_sha256=data.sha256_file(dataset),
+        dataset_sha256=digest,
+        dataset_etag=data.etag(spec.dataset.uri),
         steps=steps,
         loaded=loaded,
         model=model,
@@ -260,6 +269,7 @@ def add_training_callbacks(
             "progress.json", lambda: store.put_json(paths.progress, progress), slot="progress"
         )
 
+    trainer.add_callback(training.StopOnNonFiniteLoss())
     trainer.add_callback(training.UploadCheckpoints(sync, state.snapshot))
     trainer.add_callback(ProgressReporter(publish_progress, progress_interval()))
 
@@ -270,9 +280,12 @@ def add_training_callbacks(
 def evaluate_base_model(session: TrainingSession) -> None:
     """The base model's eval loss: the adapter starts as a no-op, so evaluating the model
     before its first step measures the base. A resumed run reads it from its checkpoint."""
+    from finetune_trainer.training import check_finite_loss
+
     loss = session.state.get(BASE_EVAL_LOSS)
     if loss is None:
         loss = float(session.trainer.evaluate()["eval_loss"])
+    check_finite_loss("base model's eval loss", loss, 0)
     session.state.set(BASE_EVAL_LOSS, loss)
     log.info("base model eval loss %.4f", loss, extra={"baseEvalLoss": loss})
 
@@ -306,11 +319,12 @@ def _seconds(env: str, default: float) -> float:
 
 def evaluate_adapter(session: TrainingSession) -> Metrics:
     """metrics.json's content: the adapter's eval loss and what the run measured."""
-    from finetune_trainer.training import final_eval_loss
+    from finetune_trainer.training import check_finite_loss, final_eval_loss
 
     trainer, splits = session.trainer, session.splits
     base_eval_loss = session.state.get(BASE_EVAL_LOSS)
     eval_loss = final_eval_loss(trainer)
+    check_finite_loss("eval loss", eval_loss, trainer.state.global_step)
     history = losscurve.loss_history(trainer.state.log_history, base_eval_loss)
     metrics = Metrics(
         train_loss=losscurve.final_train_loss(history, session.steps.steps_per_epoch),
@@ -320,6 +334,7 @@ def evaluate_adapter(session: TrainingSession) -> Metrics:
         train_runtime_seconds=round(session.state.train_seconds(), 2),
         train_tokens=int(trainer.state.num_input_tokens_seen or 0),
         dataset_sha256=session.dataset_sha256,
+        dataset_etag=session.dataset_etag,
         train_rows=len(splits.train),
         eval_rows=len(splits.eval),
         truncated_rows=splits.truncated,

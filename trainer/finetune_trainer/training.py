@@ -14,6 +14,7 @@ Import this module only after `backend.select_backend()` (it imports transformer
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ from finetune_trainer.checkpoints import CheckpointSync, write_state
 from finetune_trainer.encoding import EncodedRow, PadCollator
 from finetune_trainer.modeling import LoadedModel
 from finetune_trainer.plan import StepPlan
+from finetune_trainer.stage import invalid_input
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,29 @@ class StopOnSignal(TrainerCallback):
     ) -> None:
         if self.requested:
             control.should_evaluate = False  # no time for it: the pod is being stopped
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """A NaN or infinite training or eval loss ends the run at once, naming the step: training
+    on from there only wastes the GPU, and nothing it produced may be promoted."""
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for key in ("loss", "eval_loss"):
+            value = (logs or {}).get(key)
+            if value is not None:
+                check_finite_loss(key.replace("_", " "), float(value), state.global_step)
+
+
+def check_finite_loss(what: str, value: float, step: int) -> None:
+    if not math.isfinite(value):
+        raise invalid_input("NonFiniteLoss", f"the {what} is {value} at step {step}")
 
 
 class UploadCheckpoints(TrainerCallback):

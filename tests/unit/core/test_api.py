@@ -190,9 +190,7 @@ def test_a_field_path_is_one_line_whatever_the_keys(spec: dict[str, object], lin
     assert len(str(problem).splitlines()) == 1
 
 
-@pytest.mark.parametrize(
-    "section", [{"training": {"epochs": True}}, {"lora": {"dropout": False}}]
-)
+@pytest.mark.parametrize("section", [{"training": {"epochs": True}}, {"lora": {"dropout": False}}])
 def test_a_boolean_is_not_a_number(section: dict[str, object]) -> None:
     """YAML's `true` where a number belongs: the API server refuses it, so must we."""
     with pytest.raises(InvalidManifest, match="number"):
