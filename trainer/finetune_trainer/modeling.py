@@ -27,6 +27,7 @@ from finetune_trainer.backend import (
     limit_cpu_threads,
     select_backend,
 )
+from finetune_trainer.stored_model import stored_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,12 @@ class LoadedModel:
 
 def local_model_path(model_id: str) -> str:
     """Where transformers should load a model id from: the converted SmolLM2 directory, a
-    local model directory as an absolute path, or the id unchanged (a model hub id)."""
+    copy of a model saved in the object store (s3://), a local model directory as an
+    absolute path, or the id unchanged (a model hub id)."""
     if model_id == SMOLLM2_MODEL_ID:
         return str(smollm2.converted_model_dir())
+    if model_id.startswith("s3://"):
+        return str(stored_model_dir(model_id))
     directory = Path(model_id).expanduser()
     if (directory / "config.json").is_file():
         return str(directory.resolve())
