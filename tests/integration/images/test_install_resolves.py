@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.deploy.dockerfiles import (
+from tests.integration.deploy.dockerfiles import (
     TRAINERS,
     commands,
     load_check_stack,
@@ -32,7 +32,7 @@ from tests.unit.deploy.dockerfiles import (
     pip_commands,
     substitute,
 )
-from tests.unit.deploy.k8s import REPO
+from tests.integration.deploy.k8s import REPO
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(600)]
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from finetune_operator.settings import OperatorSettings
-from tests.unit.deploy.k8s import (
+from tests.integration.deploy.k8s import (
     CRD_FILE,
     REPO,
     container_env,

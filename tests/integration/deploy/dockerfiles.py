@@ -13,7 +13,7 @@ from types import ModuleType
 
 from dockerfile_parse import DockerfileParser
 
-from tests.unit.deploy.k8s import REPO
+from tests.integration.deploy.k8s import REPO
 
 IMAGES = REPO / "images"
 OPERATOR = IMAGES / "operator" / "Dockerfile"

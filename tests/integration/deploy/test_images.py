@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from finetune_operator.builders import CACHE_DIR, RUNTIME_ENV
-from tests.unit.deploy.dockerfiles import (
+from tests.integration.deploy.dockerfiles import (
     ALL,
     OPERATOR,
     TRAINER_CUDA,
@@ -24,7 +24,7 @@ from tests.unit.deploy.dockerfiles import (
     pip_commands,
     run_text,
 )
-from tests.unit.deploy.k8s import REPO
+from tests.integration.deploy.k8s import REPO
 
 CREDENTIAL_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL")
 

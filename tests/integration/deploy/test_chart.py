@@ -13,7 +13,7 @@ import yaml
 from finetune_core.api import FineTuneJobSpec
 from finetune_operator.builders import build_job
 from finetune_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
-from tests.unit.deploy.k8s import (
+from tests.integration.deploy.k8s import (
     CHART,
     CRD_FILE,
     KUBE_VERSIONS,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.deploy.k8s import (
+from tests.integration.deploy.k8s import (
     RELEASE,
     RELEASE_NAMESPACE,
     REPO,
