@@ -681,6 +681,7 @@ class Reason:
     STAGE_FAILED = "StageFailed"
     STAGE_EXITED = "StageExited"
     INTERRUPTED = "Interrupted"
+    RETRYING = "Retrying"
     INVALID_APPROVAL = "InvalidApproval"
     INVALID_RUN_FILE = "InvalidRunFile"
     NON_FINITE_LOSS = "NonFiniteLoss"

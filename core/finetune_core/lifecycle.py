@@ -368,6 +368,23 @@ def _decide(s: RunState, obs: Observation, at: str) -> Decision:
     raise AssertionError(s.step)  # pragma: no cover
 
 
+def retrying(state: RunState, now: datetime, message: str) -> Decision:
+    """A run that keeps meeting a transient fault (the API server or the store down, a
+    timeout): the phase stays, and the Reconciling condition says what is being retried."""
+    status = state.status
+    if state.phase not in ACTIVE_PHASES:
+        return NOTHING
+    conditions = [
+        c.model_copy(update={"reason": Reason.RETRYING, "message": _cap(message)})
+        if c.type == "Reconciling"
+        else c
+        for c in status.conditions
+    ]
+    return Decision(
+        status=changes(state.raw_status, {"conditions": [c.to_wire() for c in conditions]})
+    )
+
+
 def resume(state: RunState, now: datetime, why: str) -> Decision:
     """Take an unfinished or failed run up again (a local re-run): back to Validating, from
     where the stages that have not succeeded run again."""
