@@ -540,6 +540,25 @@ class PromotionSpec(ApiModel):
     )
 
 
+class SchedulingSpec(ApiModel):
+    """Admission by Kueue against a team's GPU quota."""
+
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Kueue LocalQueue in the job's namespace: the Jobs are created suspended "
+        "with the kueue.x-k8s.io/queue-name label and run once Kueue admits them. Default: "
+        "the operator's default queue, if any; none: the Jobs run at once.",
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="PriorityClass of the pods (Kueue orders and preempts workloads by it).",
+    )
+
+
 class FineTuneJobSpec(ApiModel):
     """Desired state: fine-tune this model on this dataset, then gate it on this SLA."""
 
@@ -552,6 +571,9 @@ class FineTuneJobSpec(ApiModel):
         default_factory=BenchmarkSpec, description="Latency benchmark and SLA."
     )
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="Promotion policy.")
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Queueing (Kueue) and priority."
+    )
 
     def resolve(self) -> ResolvedSpec:
         """Fill every unset field from the preset (or generic defaults)."""
@@ -681,6 +703,8 @@ class Reason:
     STAGE_FAILED = "StageFailed"
     STAGE_EXITED = "StageExited"
     INTERRUPTED = "Interrupted"
+    QUEUED = "Queued"
+    ADMITTED = "Admitted"
     RETRYING = "Retrying"
     INVALID_APPROVAL = "InvalidApproval"
     INVALID_RUN_FILE = "InvalidRunFile"

@@ -82,6 +82,7 @@ class StageState:
     reason: str = ""
     message: str = ""
     stuck: bool = False  # it never started (no image, unschedulable): delete it on failing
+    queue: str | None = None  # suspended, waiting for admission to this queue (Kueue)
 
 
 class Step(Enum):
@@ -505,15 +506,30 @@ def _start_training(s: RunState, obs: Observation, at: str) -> Decision:
     )
 
 
+def _queued(s: RunState, stage: StageState, at: str) -> Decision | None:
+    """A stage suspended until its queue admits it: the phase its step implies, and the
+    Reconciling condition saying which queue it waits in."""
+    if stage.queue is None:
+        return None
+    phase: Phase = "Benchmarking" if stage is s.bench else "Pending"
+    message = f"Job {stage.name} waits for admission to queue {stage.queue}"
+    return _move(s, at, phase, Reason.QUEUED, message)
+
+
 def _training(s: RunState, obs: Observation, at: str) -> Decision:
     """Pending until the stage runs; then Training, also while a failed pod is retried."""
     assert s.train is not None
+    if (queued := _queued(s, s.train, at)) is not None:
+        return queued
     progress = obs.files.progress
     fields = {
         "progress": _wire(with_percent(progress)) if progress else None,
         "artifacts": _wire(_artifacts(s, obs)),
     }
     started = s.train.ready or progress is not None or s.phase == "Training"
+    if not started and Reason.QUEUED in _reasons(s):
+        message = f"training Job {s.train.name} was admitted; waiting for its pod to start"
+        return _move(s, at, "Pending", Reason.ADMITTED, message, fields)
     if s.phase == ("Training" if started else "Pending"):
         return _refresh(s, fields)
     if started:
@@ -551,7 +567,12 @@ def _trained_fields(s: RunState, obs: Observation) -> dict[str, Any]:
 
 def _benchmarking(s: RunState, obs: Observation, at: str) -> Decision:
     assert s.bench is not None
+    if (queued := _queued(s, s.bench, at)) is not None:
+        return queued
     if s.phase == "Benchmarking":
+        if Reason.QUEUED in _reasons(s):
+            message = f"benchmark Job {s.bench.name} was admitted and runs"
+            return _move(s, at, "Benchmarking", Reason.ADMITTED, message)
         return NOTHING
     # The benchmark stage exists but the status was not written (the executor stopped between).
     return _move(
@@ -650,6 +671,10 @@ def _fail(
     s: RunState, at: str, reason: str, message: str, fields: dict[str, Any] | None = None
 ) -> Decision:
     return _move(s, at, "Failed", reason, message, fields or {}, warning=True)
+
+
+def _reasons(s: RunState) -> set[str]:
+    return {c.reason for c in s.status.conditions}
 
 
 def _artifacts(s: RunState, obs: Observation) -> Artifacts:

@@ -206,6 +206,8 @@ class Controller:
             current = state.stage(stage)
             if current is None or current.outcome != "running" or current.ready:
                 continue
+            if current.queue is not None:
+                continue  # suspended by design until its queue admits it
             labels = child_labels(state.name, state.generation, stage)
             pods = await self.kube.list_pods(state.namespace, labels)
             job = next(j for j in jobs if j["metadata"]["name"] == current.name)

@@ -44,6 +44,7 @@ ENV = {
     "FINETUNE_STUCK_POD_SECONDS": "stuck_pod_seconds",
     "FINETUNE_TERMINATION_GRACE_SECONDS": "termination_grace_seconds",
     "FINETUNE_ALLOWED_TOLERATIONS": "allowed_tolerations",
+    "FINETUNE_DEFAULT_QUEUE": "default_queue",
 }
 
 
@@ -124,6 +125,11 @@ class OperatorSettings(BaseModel):
         description="Tolerations a FineTuneJob may ask for in resources.tolerations (matched "
         "on key, operator, value and effect); None: only the operator's own `tolerations`. "
         "A job author must not place pods on arbitrary tainted nodes.",
+    )
+
+    default_queue: str | None = Field(
+        default=None,
+        description="Kueue LocalQueue for FineTuneJobs that name none (spec.scheduling.queueName).",
     )
 
     def toleration_allowed(self, toleration: Mapping[str, Any]) -> bool:

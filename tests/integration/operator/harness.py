@@ -261,6 +261,15 @@ class Cluster:
             "application/merge-patch+json",
         )
 
+    async def admit(self, job: str) -> None:
+        """What Kueue does when the queue admits a suspended Job."""
+        await self._request(
+            "PATCH",
+            f"{JOBS_URL}/{job}",
+            {"spec": {"suspend": False}},
+            "application/merge-patch+json",
+        )
+
     async def job_running(self, job: str) -> None:
         await self.job_status(job, {"active": 1, "ready": 1, "startTime": JOB_STARTED})
 

@@ -36,12 +36,13 @@ RESOURCE_CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_spec(resources: dict[str, Any]) -> FineTuneJobSpec:
+def make_spec(resources: dict[str, Any], **sections: Any) -> FineTuneJobSpec:
     return FineTuneJobSpec.model_validate(
         {
             "model": {"preset": "phi-4"},
             "dataset": {"uri": "s3://datasets/agent1/curated-v1.jsonl"},
             "resources": resources,
+            **sections,
         }
     )
 
@@ -56,6 +57,7 @@ def job(
     uid: str | None = UID,
     config: OperatorSettings | None = None,
     run_uri: str = RUN_URI,
+    **sections: Any,
 ) -> dict[str, Any]:
     return build_job(
         stage,
@@ -63,7 +65,7 @@ def job(
         namespace="ml",
         generation=3,
         uid=uid,
-        spec=make_spec(resources if resources is not None else {"gpus": 1}),
+        spec=make_spec(resources if resources is not None else {"gpus": 1}, **sections),
         settings=config or settings(),
         run_uri=run_uri,
     )
@@ -355,3 +357,16 @@ def test_invalid_input_fails_the_job_without_retries(stage: StageName) -> None:
     assert {"type": "DisruptionTarget", "status": "True"} in rules[1]["onPodConditions"]
     assert rules[1]["action"] == "Ignore"
     assert container(job(stage))["name"] == "trainer"
+
+
+def test_a_queued_job_is_created_suspended_with_kueues_label() -> None:
+    """Kueue admits it against the queue's quota by un-suspending it."""
+    queued = job("train", scheduling={"queueName": "mi300x", "priorityClassName": "research"})
+    assert queued["spec"]["suspend"] is True
+    assert queued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "mi300x"
+    assert queued["spec"]["template"]["spec"]["priorityClassName"] == "research"
+    by_default = job("benchmark", config=settings(default_queue="team-a"))
+    assert by_default["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    plain = job("train")
+    assert "suspend" not in plain["spec"]
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
