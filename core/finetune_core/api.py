@@ -374,8 +374,24 @@ class ResourcesSpec(ApiModel):
     tolerations default to the operator's configuration."""
 
     gpus: int = Field(
-        default=1, strict=True, ge=0, le=8, description="GPUs per pod; 0 runs on CPU nodes."
+        default=1,
+        strict=True,
+        ge=0,
+        json_schema_extra={"maximum": 1},
+        description="GPUs per pod: 1, or 0 to run on CPU nodes (the trainer is one process "
+        "on one GPU; multi-GPU training is not supported yet).",
     )
+
+    @field_validator("gpus")
+    @classmethod
+    def _one_gpu(cls, value: int) -> int:
+        if value > 1:
+            raise ValueError(
+                f"{value} GPUs: multi-GPU training is not supported yet (the trainer is one "
+                "process on one GPU); set 1, or 0 for CPU nodes"
+            )
+        return value
+
     cpu: Quantity | None = Field(
         default=None,
         description="CPU request and limit, a Kubernetes quantity greater than 0, e.g. '8' "
@@ -704,6 +720,8 @@ class Reason:
     STAGE_EXITED = "StageExited"
     INTERRUPTED = "Interrupted"
     QUEUED = "Queued"
+    INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"
+    NO_MEMORY_ESTIMATE = "NoMemoryEstimate"
     ADMITTED = "Admitted"
     RETRYING = "Retrying"
     INVALID_APPROVAL = "InvalidApproval"
@@ -856,6 +874,11 @@ class FineTuneJobStatus(StatusModel):
     benchmark: BenchmarkReport | None = Field(default=None, description="Benchmark summary.")
     artifacts: Artifacts | None = Field(default=None, description="Artifact URIs.")
     promoted_model: str | None = Field(default=None, description="URI of the promoted copy.")
+    gpu_memory_gib: float | None = Field(
+        default=None,
+        description="Estimated peak GPU memory of the training run (GiB), checked against "
+        "one GPU's memory before any pod is created.",
+    )
     approved_generation: int | None = Field(
         default=None,
         description="The generation the finetune.dev/approve annotation approved (manual policy).",

@@ -27,7 +27,7 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel
 
-from finetune_core import gate
+from finetune_core import gate, gpu_memory
 from finetune_core.api import (
     ACTIVE_PHASES,
     SETTLED_PHASES,
@@ -123,6 +123,7 @@ class RunState:
     superseded: tuple[str, ...] = ()  # unfinished stages of other generations
     leftovers: tuple[str, ...] = ()  # stages of a deleted predecessor of the same name
     uid: str | None = None  # the object's identity (metadata.uid; a local job's own id)
+    gpu_capacity_gib: float | None = None  # one GPU's memory, where the run needs a GPU
 
     @property
     def status(self) -> FineTuneJobStatus:
@@ -428,6 +429,15 @@ def _new_run(s: RunState, obs: Observation, at: str) -> Decision:
     message = f"generation {s.generation}: fine-tuning {spec.model_id} on {spec.dataset.uri}"
     patch = {**_new_run_fields(s, obs, at), "model": spec.model_id}
     events = [Event("Normal", Reason.RUN_STARTED, message)]
+    if s.gpu_capacity_gib is not None:
+        shape = gpu_memory.shape_of(spec)
+        if shape is None:
+            why = f"the shape of {spec.model_id} is not known: the GPU memory preflight is skipped"
+            events.append(Event("Warning", Reason.NO_MEMORY_ESTIMATE, why))
+        else:
+            patch["gpuMemoryGib"] = round(
+                gpu_memory.estimate(spec, shape).total / gpu_memory.GIB, 1
+            )
     if s.gpus > 0 and spec.lora_dropout != 0:
         events.append(
             Event(
@@ -491,7 +501,26 @@ def _invalid(s: RunState, obs: Observation, at: str) -> Decision:
     return _move(s, at, "Failed", Reason.INVALID_SPEC, message, fields, warning=True)
 
 
+def _too_big(s: RunState, at: str) -> Decision | None:
+    """The run would not fit one GPU: fail before any pod is created, saying what to change."""
+    shape = gpu_memory.shape_of(s.resolved)
+    if s.gpu_capacity_gib is None or shape is None:
+        return None
+    need = gpu_memory.estimate(s.resolved, shape)
+    capacity = s.gpu_capacity_gib * gpu_memory.GIB
+    if need.total <= capacity:
+        return None
+    message = (
+        f"the training run needs about {need.describe()}, more than one GPU's "
+        f"{gpu_memory.gib(capacity)}: set model.loadIn4bit, or lower training.batchSize or "
+        "model.maxSeqLength, or choose a smaller model"
+    )
+    return _fail(s, at, Reason.INSUFFICIENT_GPU_MEMORY, message)
+
+
 def _start_training(s: RunState, obs: Observation, at: str) -> Decision:
+    if (too_big := _too_big(s, at)) is not None:
+        return too_big
     if obs.files.dataset_missing:
         uri = s.resolved.dataset.uri
         return _fail(s, at, Reason.DATASET_NOT_FOUND, f"spec.dataset.uri: {uri} does not exist")

@@ -113,6 +113,7 @@ def run_state(
         superseded=superseded,
         leftovers=tuple(sorted(job["metadata"]["name"] for job in leftovers)),
         uid=uid,
+        gpu_capacity_gib=settings.gpu_memory_gib if spec and spec.resources.gpus else None,
     )
 
 

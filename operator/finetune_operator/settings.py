@@ -45,6 +45,7 @@ ENV = {
     "FINETUNE_TERMINATION_GRACE_SECONDS": "termination_grace_seconds",
     "FINETUNE_ALLOWED_TOLERATIONS": "allowed_tolerations",
     "FINETUNE_DEFAULT_QUEUE": "default_queue",
+    "FINETUNE_GPU_MEMORY_GIB": "gpu_memory_gib",
 }
 
 
@@ -127,6 +128,12 @@ class OperatorSettings(BaseModel):
         "A job author must not place pods on arbitrary tainted nodes.",
     )
 
+    gpu_memory_gib: float = Field(
+        default=192.0,
+        gt=0,
+        description="One GPU's memory in GiB (MI300X: 192): a run estimated to need more fails "
+        "before any pod is created.",
+    )
     default_queue: str | None = Field(
         default=None,
         description="Kueue LocalQueue for FineTuneJobs that name none (spec.scheduling.queueName).",

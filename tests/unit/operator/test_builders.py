@@ -32,7 +32,7 @@ OVERRIDES: dict[str, Any] = {
 RESOURCE_CASES: dict[str, dict[str, Any]] = {
     "gpu": {"gpus": 1},
     "cpu": {"gpus": 0},
-    "overrides": {"gpus": 2, **OVERRIDES},
+    "overrides": {"gpus": 1, **OVERRIDES},
 }
 
 
@@ -292,10 +292,10 @@ def test_image_and_service_account_from_the_settings() -> None:
 
 
 def test_gpu_job_gets_the_gpu_and_the_gpu_nodes() -> None:
-    built = job(resources={"gpus": 2})
+    built = job(resources={"gpus": 1})
     assert container(built)["resources"] == {
-        "requests": {"amd.com/gpu": "2", "ephemeral-storage": "32Gi"},
-        "limits": {"amd.com/gpu": "2"},
+        "requests": {"amd.com/gpu": "1", "ephemeral-storage": "32Gi"},
+        "limits": {"amd.com/gpu": "1"},
     }
     assert pod(built)["nodeSelector"] == {"amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM"}
     assert pod(built)["tolerations"] == [
