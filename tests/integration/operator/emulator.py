@@ -7,7 +7,8 @@ subclass adds it, in the spirit of the real server:
   generation (1 on create, +1 when anything outside metadata and status changes), the
   namespace of the URL, and a name for `generateName` (kopf's Events);
 - PATCH: JSON patch with a failing `test` op answers 422 (kopf retries its finalizer patch
-  on it), merge patch per RFC 7386; a no-op patch changes nothing (no new version, no watch
+  on it), merge patch per RFC 7386, with a `metadata.resourceVersion` in it as a
+  precondition (409 Conflict when stale); a no-op patch changes nothing (no new version, no watch
   event); with a status subresource, /status changes only .status and the main endpoint
   never changes .status;
 - lists honour labelSelector and carry the current resourceVersion; a watch takes its
@@ -142,6 +143,15 @@ class ApiServer(kmock.KubernetesEmulator):
                     status=422, reason="Invalid", message=str(error)
                 ) from None
         elif isinstance(request.data, Mapping):
+            # A resourceVersion in the patch is a precondition (optimistic concurrency, as
+            # leader election relies on): a stale one answers 409 Conflict.
+            expected = (request.data.get("metadata") or {}).get("resourceVersion")
+            if expected is not None and expected != current["metadata"].get("resourceVersion"):
+                raise kmock.KubernetesError(
+                    status=409,
+                    reason="Conflict",
+                    message=f"{key[2]}: the object has been modified",
+                )
             patched = merge_patch(current, request.data)
         else:
             raise kmock.KubernetesError(status=400, reason="BadRequest", message="no patch")
