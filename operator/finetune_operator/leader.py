@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
-def own_namespace(default: str = "default") -> str:
-    """The namespace of the pod this process runs in (its service account's), else `default`."""
+def own_namespace(default: str = "finetune-system") -> str:
+    """The namespace of the pod this process runs in (its service account's); out of a
+    cluster, the chart's documented namespace, so that an operator run by hand joins the
+    installed operator's election rather than holding a Lease of its own."""
     try:
         with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as file:
             return file.read().strip() or default
