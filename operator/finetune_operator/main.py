@@ -56,7 +56,7 @@ async def operate(
     every FineTuneJob and Job and resumes each one; on losing the Lease it stops kopf
     (cancelling the handlers in flight) and is a candidate again.
     """
-    kube = Kube.connect()
+    kube = Kube.connect(settings.api_timeout_seconds)
     store = open_store(settings.store, settings.s3_endpoint)
     controller = Controller(
         settings, kube, store, metrics or OperatorMetrics(), post_event=handlers.post_event
@@ -65,6 +65,10 @@ async def operate(
     handlers.register(registry, controller, settings)
     kopf_settings = kopf.OperatorSettings()
     handlers.configure(kopf_settings)
+    # kopf's own requests time out like the operator's (its default is 5 minutes).
+    kopf_settings.networking.request_timeout = settings.api_timeout_seconds
+    kopf_settings.networking.connect_timeout = settings.api_timeout_seconds
+    kopf_settings.watching.connect_timeout = settings.api_timeout_seconds
     log.info("store %s; %s", store.uri(), ", ".join(settings.namespaces) or "all namespaces")
 
     async def run_kopf(kopf_stop: Flag | None, ready: Flag | None, endpoint: str | None) -> None:

@@ -39,6 +39,7 @@ ENV = {
     "FINETUNE_LEASE_RENEW_DEADLINE": "lease_renew_deadline_seconds",
     "FINETUNE_LEASE_RETRY_PERIOD": "lease_retry_period_seconds",
     "FINETUNE_LEADER_IDENTITY": "leader_identity",
+    "FINETUNE_API_TIMEOUT": "api_timeout_seconds",
 }
 
 
@@ -88,6 +89,13 @@ class OperatorSettings(BaseModel):
         default=None,
         description="Who holds the Lease; empty: the host name and a random suffix. The chart "
         "sets the pod name, so a restarted container takes its Lease back at once.",
+    )
+
+    api_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Limit of one Kubernetes API request (a watch: of its connection); a "
+        "request that hangs longer fails and its reconcile is retried.",
     )
 
     @model_validator(mode="after")

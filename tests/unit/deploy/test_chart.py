@@ -128,6 +128,7 @@ def test_operator_env_is_exactly_the_settings_and_parses(
     assert settings.log_format == values["logFormat"]
     assert settings.metrics_port == values["metrics"]["port"]
     assert settings.health_port == values["health"]["port"]
+    assert settings.api_timeout_seconds == values["apiTimeoutSeconds"]
     election = values["leaderElection"]
     assert settings.leader_election == election["enabled"]
     assert settings.lease_name == election["leaseName"]
