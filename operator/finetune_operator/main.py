@@ -143,10 +143,15 @@ async def _lead(
             stopped = asyncio.create_task(stop.wait(), name="stop waiter")
             for task in (lost, stopped):
                 task.add_done_callback(functools.partial(_set_flag, kopf_stop))
+            kopf_ready = asyncio.Event()
+            started = asyncio.create_task(
+                _when_ready(kopf_ready, catch_signals, ready_flag), name="readiness relay"
+            )
             try:
-                await run_kopf(kopf_stop, ready_flag, None)
+                await run_kopf(kopf_stop, kopf_ready, None)
             finally:
                 stopped.cancel()
+                started.cancel()
                 catch_signals()
             if not lost.done():  # stopped, or kopf stopped by itself (a signal, a fatal error)
                 lost.cancel()
@@ -167,6 +172,18 @@ async def _lead(
 
 def _set_flag(flag: asyncio.Event, _: object) -> None:
     flag.set()
+
+
+async def _when_ready(
+    kopf_ready: asyncio.Event, catch_signals: Callable[[], None], ready_flag: Flag | None
+) -> None:
+    """Once kopf runs: take the signals back from it, so that SIGTERM stops kopf through its
+    stop flag (stopped by its own signal handler, kopf 1.45 leaves the waiter of a given
+    stop flag behind and then waits 5 s for it), and pass the readiness on."""
+    await kopf_ready.wait()
+    catch_signals()
+    if ready_flag is not None:
+        ready_flag.set()
 
 
 async def _serve_health(endpoint: str | None, elector: LeaderElector) -> web.AppRunner | None:
