@@ -4,16 +4,20 @@ and when it stops or dies the other takes over and finishes what it started."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+import kmock
+import pytest
+
 from finetune_core.store import S3Store
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.settings import OperatorSettings
-from tests.integration.operator.emulator import ApiServer
+from tests.integration.operator.emulator import OPERATOR_AGENTS, ApiServer
 from tests.integration.operator.harness import (
     LEASES,
     TIMEOUT,
@@ -185,3 +189,67 @@ async def test_a_killed_leader_is_replaced_and_the_run_finishes(
             await asyncio.wait_for(process.wait(), TIMEOUT) for process in processes.values()
         ]
     assert codes == [0]
+
+
+def from_operator(request: kmock.Request) -> bool:
+    agent = next((v for k, v in request.headers.items() if k.lower() == "user-agent"), "")
+    return agent.startswith(OPERATOR_AGENTS)
+
+
+async def set_holder(cluster: Cluster, identity: str | None, duration: int) -> None:
+    """Another candidate's write to the Lease (as a usurper would, or releasing it)."""
+    response = await cluster.api.request(
+        "PATCH",
+        f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{LEASE_NAME}",
+        json={"spec": {"holderIdentity": identity, "leaseDurationSeconds": duration}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    async with response:
+        assert response.status == 200, await response.text()
+
+
+async def test_a_leader_that_loses_the_lease_writes_nothing_until_it_leads_again(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another holder takes the Lease (a renewal that came too late, a partition): the
+    operator stops kopf and writes nothing until it holds the Lease again; then kopf starts
+    afresh in the same process, picks up what happened meanwhile and finishes the run."""
+    caplog.set_level(logging.INFO, logger="finetune_operator.leader")
+    await cluster.create(small_job("regained", cluster.dataset))
+    run = cluster.run("regained")
+    train = await cluster.wait_for_job("regained", 1, "train")
+    await cluster.wait_for_phase("regained", "Pending")
+    own = holder(cluster.api)
+    assert own
+
+    await set_holder(cluster, "usurper", 3600)
+    await cluster.wait_for(
+        lambda: any("lost the leadership" in r.getMessage() for r in caplog.records),
+        "the operator to give the leadership up",
+    )
+    quiet_from = len(list(cluster.api))
+    await cluster.job_running(train["metadata"]["name"])  # nobody may reconcile this now
+    cluster.pod_trained(run)
+    await cluster.job_succeeded(train["metadata"]["name"])
+    await set_holder(cluster, None, 1)  # the usurper releases it
+
+    await cluster.wait_for(lambda: holder(cluster.api) == own, "the operator leading again")
+    since = list(cluster.api)[quiet_from:]
+    # The window ends with the operator's write that took the Lease back.
+    end = next(
+        i
+        for i, r in enumerate(since)
+        if r.resource == LEASES and r.method == "PATCH" and from_operator(r)
+    )
+    writes = [
+        f"{r.method} {r.url.path}"
+        for r in since[:end]
+        if from_operator(r) and r.method in ("POST", "PATCH", "PUT", "DELETE")
+    ]
+    assert writes == []
+
+    bench = await cluster.wait_for_job("regained", 1, "benchmark")
+    cluster.pod_benchmarked(run)
+    await cluster.job_succeeded(bench["metadata"]["name"])
+    await cluster.wait_for_phase("regained", "Promoted")
+    assert creations(cluster, "regained") == ["regained-g1-train", "regained-g1-bench"]
