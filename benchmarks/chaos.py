@@ -36,7 +36,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +91,7 @@ class ChaosConfig:
     progress_interval: float = 0.3
     api_timeout: float = 2.0
     stall_seconds: float = 3.0
+    verbose: bool = False  # a progress line every 25 kills
 
     def stage_range(self) -> tuple[float, float]:
         if self.stage_seconds is not None:
@@ -284,6 +285,7 @@ async def supervise(
     rng: random.Random,
     result: ChaosResult,
     settled: asyncio.Event,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """Keep the operator running, as the kubelet would; SIGKILL it `kills` times at drawn
     moments; then leave it alone until the lifecycles settle."""
@@ -307,6 +309,8 @@ async def supervise(
         if operator.alive:
             await operator.kill()
             result.kills += 1
+            if progress is not None and result.kills % 25 == 0:
+                progress(result.kills)
         elif operator.process is not None and operator.process.returncode is not None:
             result.exits.append(operator.process.returncode)
 
@@ -410,10 +414,22 @@ async def run_chaos(config: ChaosConfig, workdir: Path, s3_endpoint: str) -> Cha
         operator = Operator(workdir, env)
         stop_jobs, settled = asyncio.Event(), asyncio.Event()
         controller = JobController(cluster, scenarios, random.Random(rng.random()), config)
+
+        def report(kills: int) -> None:
+            if config.verbose:
+                done = sum(
+                    cluster.status(name).get("phase") in TERMINAL_PHASES for name in scenarios
+                )
+                print(
+                    f"  {time.monotonic() - started:6.0f} s: {kills} kills, "
+                    f"{done}/{len(scenarios)} lifecycles terminal",
+                    flush=True,
+                )
+
         tasks = [
             asyncio.create_task(controller.run(stop_jobs)),
             asyncio.create_task(
-                supervise(operator, config, random.Random(rng.random()), result, settled)
+                supervise(operator, config, random.Random(rng.random()), result, settled, report)
             ),
         ]
 
@@ -469,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=seed,
         fault_rate=args.faults,
         stage_seconds=tuple(args.stage_seconds) if args.stage_seconds else None,
+        verbose=True,
     )
     print(f"chaos: seed {seed}, {config.lifecycles} lifecycles, {config.kills} kills", flush=True)
     from moto.server import ThreadedMotoServer
