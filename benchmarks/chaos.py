@@ -87,10 +87,12 @@ class ChaosConfig:
     # comes at a random moment from the process's start instead, often before it leads.
     kill_after_leading: tuple[float, float] = (0.0, 2.0)
     kill_after_start: tuple[float, float] = (0.0, 3.0)
-    settle_timeout: float = 180.0
-    progress_interval: float = 0.3
-    api_timeout: float = 2.0
-    stall_seconds: float = 3.0
+    settle_timeout: float = 300.0
+    # As in a cluster, not as in a one-object test: 20 objects polled every 0.3 s keep two
+    # busy cores saturated.
+    progress_interval: float = 1.0
+    api_timeout: float = 5.0
+    stall_seconds: float = 6.0  # longer than the operator's request timeout
     verbose: bool = False  # a progress line every 25 kills
 
     def stage_range(self) -> tuple[float, float]:
@@ -401,9 +403,9 @@ async def run_chaos(config: ChaosConfig, workdir: Path, s3_endpoint: str) -> Cha
             "FINETUNE_METRICS_PORT": "0",
             "FINETUNE_LEADER_IDENTITY": IDENTITY,
             "FINETUNE_LEASE_NAMESPACE": "finetune-system",
-            "FINETUNE_LEASE_DURATION": "4",
-            "FINETUNE_LEASE_RENEW_DEADLINE": "3",
-            "FINETUNE_LEASE_RETRY_PERIOD": "0.5",
+            "FINETUNE_LEASE_DURATION": "8",
+            "FINETUNE_LEASE_RENEW_DEADLINE": "6",
+            "FINETUNE_LEASE_RETRY_PERIOD": "1",
             "FINETUNE_API_TIMEOUT": str(config.api_timeout),
         }
         cluster = Cluster(api, store, store.uri("datasets/chat.jsonl"))
@@ -477,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="default: drawn, and printed")
     parser.add_argument("--faults", type=float, default=0.0, help="share of API requests faulted")
     parser.add_argument("--stage-seconds", type=float, nargs=2, default=None)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the operator's log here (default: a temporary directory)",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     config = ChaosConfig(
@@ -495,8 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     s3.start()
     host, port = s3.get_host_and_port()
     try:
-        with tempfile.TemporaryDirectory(prefix="chaos-") as workdir:
-            result = asyncio.run(run_chaos(config, Path(workdir), f"http://{host}:{port}"))
+        if args.workdir:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            result = asyncio.run(run_chaos(config, args.workdir, f"http://{host}:{port}"))
+        else:
+            with tempfile.TemporaryDirectory(prefix="chaos-") as workdir:
+                result = asyncio.run(run_chaos(config, Path(workdir), f"http://{host}:{port}"))
     finally:
         s3.stop()
     for line in result.lines():

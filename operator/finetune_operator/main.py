@@ -128,7 +128,12 @@ async def _lead(
         renew_deadline=settings.lease_renew_deadline_seconds,
         retry_period=settings.lease_retry_period_seconds,
     )
-    lease_client = ApiClient(load_configuration())
+    lease_configuration = load_configuration()
+    # One attempt per call: urllib3's own retries would stretch a renewal that timed out
+    # past the renew deadline (even past the lease duration, when another candidate may
+    # already lead); the election retries every retry period by itself.
+    lease_configuration.retries = False
+    lease_client = ApiClient(lease_configuration)
     elector = LeaderElector(
         LeaseApi(lease_client, settings.lease_renew_deadline_seconds / 2), config
     )
