@@ -75,9 +75,7 @@ class CheckpointSync:
         self.uploaded: list[int] = []  # steps whose upload completed in this process
 
     def stored(self) -> StoredCheckpoints:
-        return scan_checkpoints(
-            self.store.list(self.paths.checkpoints + "/"), self.paths.checkpoints
-        )
+        return scan_checkpoints(self.store.list(self.paths.checkpoints + "/"), self.paths.checkpoints)
 
     def download_newest(self, into: Path) -> LocalCheckpoint | None:
         """Download the newest complete checkpoint to `into/checkpoint-<N>`, or None."""
