@@ -1,6 +1,6 @@
 """How much the benchmark harness adds to the latency it measures.
 
-The harness (finetune_trainer.benchmark.measure: a streamer timestamping every token, a
+The harness (finetune_trainer.timing.measure: a streamer timestamping every token, a
 device synchronisation around each call) against a bare loop that only times
 `model.generate` with the same prompts, model, options and token counts. Within a run the
 two kinds alternate sample by sample on the same prompt (harness then bare, then bare then
@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from finetune_core.api import FineTuneJobSpec
-from finetune_trainer import modeling
+from finetune_trainer.backend import select_backend
 
 PROMPTS = [
     "What is a Python list comprehension?",
@@ -50,14 +50,11 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m", help="a model preset")
     args = parser.parse_args()
 
-    modeling.select_backend()  # before transformers is imported (unsloth on a GPU)
-    from finetune_trainer.benchmark import (
-        Prompt,
-        describe_device,
-        encode,
-        generation_options,
-        measure,
-    )
+    select_backend()  # before transformers is imported (unsloth on a GPU)
+    from finetune_trainer import modeling
+    from finetune_trainer.environment import describe_device
+    from finetune_trainer.prompts import Prompt, encode_prompts
+    from finetune_trainer.timing import generation_options, measure
 
     spec = FineTuneJobSpec.model_validate(
         {
@@ -76,8 +73,10 @@ def main() -> int:
     ).resolve()
     profile = spec.benchmark.sla[0]
     loaded = modeling.load_for_inference(spec, adapter_dir=None)
-    prompts = encode(
-        loaded,
+    prompts = encode_prompts(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.device,
         [Prompt(f"prompt {i}", [{"role": "user", "content": p}]) for i, p in enumerate(PROMPTS)],
         profile,
     )

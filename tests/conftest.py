@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 from finetune_core.store import LocalStore, S3Store
+from tests.controlplane.server import (  # the real control plane, for every tier
+    control_plane,  # noqa: F401
+    pytest_collection_finish,  # noqa: F401
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATASET = REPO / "manifests" / "examples" / "datasets" / "devassist.jsonl"

@@ -117,6 +117,21 @@ def approve(
     raise typer.Exit(approve_run(name, store=store, endpoint=s3_endpoint))
 
 
+@app.command("rollback")
+def rollback_command(
+    alias: Annotated[str, typer.Argument(help="The alias, optionally namespace/alias.")],
+    version: Annotated[
+        str | None, typer.Argument(help="An earlier version (default: the one before).")
+    ] = None,
+    store: StoreOption = None,
+    s3_endpoint: EndpointOption = None,
+) -> None:
+    """Point an alias back at one of its earlier versions (recorded in its history)."""
+    from finetune_cli.aliases import rollback_alias
+
+    raise typer.Exit(rollback_alias(alias, version, store=store, endpoint=s3_endpoint))
+
+
 def main() -> None:
     app()
 

@@ -20,6 +20,18 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from finetune_core.presets import GENERIC, PRESETS, Preset
+from finetune_core.syntax import (
+    DNS_LABEL_PATTERN,
+    LABEL_KEY_MAX,
+    LABEL_VALUE_MAX,
+    LABEL_VALUE_PATTERN,
+    QUANTITY_PATTERN,
+    bucket_problem,
+    label_key_problem,
+    label_value_problem,
+    quantity_problem,
+    s3_object_problem,
+)
 
 GROUP = "finetune.dev"
 VERSION = "v1alpha1"
@@ -33,7 +45,15 @@ CATEGORIES = ["finetune"]
 DATASET_SCHEMES = ("s3://", "file://")
 # Longest generation suffix we allow for: "-g" + 6 digits + "-bench"/"-train".
 MAX_NAME_LENGTH = 63 - len("-g999999-train")
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# Upper bounds that catch typos (and values the API server cannot store) long before they
+# cost a GPU-day; each is stated in its field's description.
+MAX_SEED = 2**32 - 1
+MAX_SAMPLES = 1000
+MAX_WARMUP_SAMPLES = 100
+MAX_WARMUP_STEPS = 10000
+MAX_TOLERATIONS = 32
 
 
 class ApiModel(BaseModel):
@@ -44,6 +64,8 @@ class ApiModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         use_attribute_docstrings=False,
+        # NaN and infinities are not JSON: the API server rejects a status holding one.
+        allow_inf_nan=False,
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -54,7 +76,9 @@ class ApiModel(BaseModel):
 class StatusModel(ApiModel):
     """Status is written by us; tolerate fields written by a newer operator."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", allow_inf_nan=False
+    )
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -78,12 +102,14 @@ class ModelSpec(ApiModel):
     )
     max_seq_length: int | None = Field(
         default=None,
+        strict=True,
         ge=16,
         le=131072,
         description="Longest conversation in tokens after the chat template is applied.",
     )
     load_in_4bit: bool | None = Field(
         default=None,
+        strict=True,
         alias="loadIn4bit",
         description="Load the base model in 4-bit (QLoRA). Ignored on CPU, where it loads "
         "in full precision.",
@@ -94,6 +120,15 @@ class ModelSpec(ApiModel):
     def _known_preset(cls, value: str | None) -> str | None:
         if value is not None and value not in PRESETS:
             raise ValueError(f"unknown preset {value!r}; known presets: {', '.join(PRESETS)}")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _saved_model(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("s3://"):
+            bucket = value.removeprefix("s3://").partition("/")[0]
+            if problem := bucket_problem(bucket):
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -108,11 +143,20 @@ class DatasetSpec(ApiModel):
 
     uri: str = Field(
         description='JSONL with one {"messages": [{"role", "content"}, ...]} per line: '
-        "s3://bucket/key, file:///path, or (local runs) a path relative to the manifest.",
+        "s3://bucket/key (a valid bucket name and a non-empty key), file:///path, or (local "
+        "runs) a path relative to the manifest.",
         min_length=1,
     )
+    sha256: str | None = Field(
+        default=None,
+        description="Pins the dataset's content: its sha256 (64 lower-case hex digits, as "
+        "sha256sum prints it). A run whose dataset differs fails with DatasetChanged.",
+        json_schema_extra={"pattern": SHA256_PATTERN},
+    )
     validation_split: float = Field(
+        strict=True,
         default=0.1,
+        allow_inf_nan=False,
         gt=0,
         lt=0.5,
         description="Fraction of conversations held out for evaluation, in (0, 0.5).",
@@ -129,14 +173,34 @@ class DatasetSpec(ApiModel):
         check_uri(value)
         return value
 
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(SHA256_PATTERN, value):
+            raise ValueError(
+                f"{value[:80]!r} is not a sha256: expected 64 lower-case hex digits "
+                "(sha256sum FILE)"
+            )
+        return value
+
 
 class LoraSpec(ApiModel):
     """LoRA adapter settings; unset fields come from the preset."""
 
-    r: int | None = Field(default=None, ge=1, le=1024, description="Rank of the adapter, 1..1024.")
-    alpha: int | None = Field(default=None, ge=1, description="Scaling numerator (lora_alpha).")
-    dropout: float | None = Field(
+    r: int | None = Field(
+        default=None, strict=True, ge=1, le=1024, description="Rank of the adapter, 1..1024."
+    )
+    alpha: int | None = Field(
         default=None,
+        strict=True,
+        ge=1,
+        le=4096,
+        description="Scaling numerator (lora_alpha), 1..4096.",
+    )
+    dropout: float | None = Field(
+        strict=True,
+        default=None,
+        allow_inf_nan=False,
         ge=0,
         lt=1,
         description="Dropout on the adapter's input; 0 lets unsloth use its fast path.",
@@ -159,13 +223,43 @@ class LoraSpec(ApiModel):
 class TrainingSpec(ApiModel):
     """Optimiser and schedule; unset fields come from the preset."""
 
-    epochs: float | None = Field(default=None, gt=0, description="Passes over the training split.")
-    batch_size: int | None = Field(default=None, ge=1, description="Conversations per device step.")
-    gradient_accumulation_steps: int | None = Field(
-        default=None, ge=1, description="Device steps per optimiser step."
+    epochs: float | None = Field(
+        strict=True,
+        default=None,
+        allow_inf_nan=False,
+        gt=0,
+        le=1000,
+        description="Passes over the training split, at most 1000.",
     )
-    learning_rate: float | None = Field(default=None, gt=0, description="Peak learning rate.")
-    warmup_steps: int | None = Field(default=None, ge=0, description="Linear warm-up steps.")
+    batch_size: int | None = Field(
+        default=None,
+        strict=True,
+        ge=1,
+        le=4096,
+        description="Conversations per device step, 1..4096.",
+    )
+    gradient_accumulation_steps: int | None = Field(
+        default=None,
+        strict=True,
+        ge=1,
+        le=4096,
+        description="Device steps per optimiser step, 1..4096.",
+    )
+    learning_rate: float | None = Field(
+        strict=True,
+        default=None,
+        allow_inf_nan=False,
+        gt=0,
+        le=1,
+        description="Peak learning rate, in (0, 1].",
+    )
+    warmup_steps: int | None = Field(
+        default=None,
+        strict=True,
+        ge=0,
+        le=MAX_WARMUP_STEPS,
+        description=f"Linear warm-up steps, 0..{MAX_WARMUP_STEPS}.",
+    )
     optimizer: str | None = Field(
         default=None,
         description="A transformers optimizer name (adamw_torch, adamw_8bit, ...). 8-bit "
@@ -175,58 +269,184 @@ class TrainingSpec(ApiModel):
         default="bf16", description="Compute precision on GPU. CPU runs use fp32."
     )
     seed: int = Field(
-        default=3407, description="Seed for the split, the adapter init and the data order."
+        default=3407,
+        strict=True,
+        ge=0,
+        le=MAX_SEED,
+        description=f"Seed for the split, the adapter init and the data order, 0..{MAX_SEED}.",
     )
     save_steps: int = Field(
-        default=100, ge=1, description="Save a checkpoint every N optimiser steps."
+        default=100,
+        strict=True,
+        ge=1,
+        le=1_000_000,
+        description="Save a checkpoint every N optimiser steps, 1..1000000.",
     )
     keep_checkpoints: int = Field(
-        default=3, ge=1, description="How many checkpoints to keep in the store."
+        default=3,
+        strict=True,
+        ge=1,
+        le=100,
+        description="How many checkpoints to keep in the store, 1..100.",
     )
     max_steps: int | None = Field(
-        default=None, ge=1, description="Stop after this many optimiser steps (caps the epochs)."
+        default=None,
+        strict=True,
+        ge=1,
+        le=10_000_000,
+        description="Stop after this many optimiser steps (caps the epochs), 1..10000000.",
     )
 
 
 class Toleration(ApiModel):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
-    key: str | None = Field(default=None, description="Taint key.")
-    operator: Literal["Exists", "Equal"] | None = Field(
-        default=None, description="Exists or Equal."
+    model_config = ConfigDict(
+        json_schema_extra={
+            # The API server's own rules for a toleration, so that kubectl refuses what a Job
+            # built from it would be refused for. size() keeps the rules' cost constant.
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.key) && size(self.key) > 0) || "
+                    "(has(self.operator) && self.operator == 'Exists')",
+                    "message": "a toleration without a key must have operator Exists",
+                },
+                {
+                    "rule": "!has(self.operator) || self.operator != 'Exists' || "
+                    "!has(self.value) || size(self.value) == 0",
+                    "message": "a toleration with operator Exists must not have a value",
+                },
+            ]
+        }
     )
-    value: str | None = Field(default=None, description="Taint value (with Equal).")
+
+    key: str | None = Field(
+        default=None,
+        description="Taint key (a label key); empty, with operator Exists, matches every taint.",
+        json_schema_extra={"maxLength": LABEL_KEY_MAX},
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (the default)."
+    )
+    value: str | None = Field(
+        default=None,
+        description="Taint value (a label value; with Equal, never with Exists).",
+        json_schema_extra={"maxLength": LABEL_VALUE_MAX, "pattern": LABEL_VALUE_PATTERN},
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate."
     )
+
+    @field_validator("key")
+    @classmethod
+    def _label_key(cls, value: str | None) -> str | None:
+        if value and (problem := label_key_problem(value)):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _label_value(cls, value: str | None) -> str | None:
+        if value is not None and (problem := label_value_problem(value)):
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists must not have a value")
+        if not self.key and self.operator != "Exists":
+            raise ValueError(
+                "a toleration without a key must have operator Exists (it then matches every "
+                "taint); operator Equal, the default, needs a key"
+            )
+        return self
+
+
+Quantity = Annotated[str, Field(json_schema_extra={"pattern": QUANTITY_PATTERN})]
+LabelValue = Annotated[
+    str, Field(json_schema_extra={"maxLength": LABEL_VALUE_MAX, "pattern": LABEL_VALUE_PATTERN})
+]
 
 
 class ResourcesSpec(ApiModel):
     """What the training and benchmark pods ask for. GPU resource name, node selector and
     tolerations default to the operator's configuration."""
 
-    gpus: int = Field(default=1, ge=0, le=8, description="GPUs per pod; 0 runs on CPU nodes.")
-    cpu: str | None = Field(default=None, description="CPU request and limit, e.g. '8'.")
-    memory: str | None = Field(default=None, description="Memory request and limit, e.g. 64Gi.")
-    shm_size: str | None = Field(default=None, description="Size of the /dev/shm memory volume.")
-    node_selector: dict[str, str] | None = Field(
-        default=None, description="Replaces the operator's node selector for this job."
+    gpus: int = Field(
+        default=1, strict=True, ge=0, le=8, description="GPUs per pod; 0 runs on CPU nodes."
+    )
+    cpu: Quantity | None = Field(
+        default=None,
+        description="CPU request and limit, a Kubernetes quantity greater than 0, e.g. '8' "
+        "or 500m.",
+    )
+    memory: Quantity | None = Field(
+        default=None,
+        description="Memory request and limit, a Kubernetes quantity of whole bytes greater "
+        "than 0, e.g. 64Gi (not 64GB).",
+    )
+    shm_size: Quantity | None = Field(
+        default=None,
+        description="Size of the /dev/shm memory volume, a Kubernetes quantity of whole bytes "
+        "greater than 0, e.g. 16Gi.",
+    )
+    node_selector: dict[str, LabelValue] | None = Field(
+        default=None,
+        description="Replaces the operator's node selector for this job: label keys "
+        "([prefix/]name) to label values.",
     )
     tolerations: list[Toleration] | None = Field(
-        default=None, description="Replaces the operator's tolerations for this job."
+        default=None,
+        max_length=MAX_TOLERATIONS,
+        description="Replaces the operator's tolerations for this job "
+        f"(at most {MAX_TOLERATIONS}).",
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=60, description="Fail the training Job after this many seconds."
+        default=None,
+        strict=True,
+        ge=60,
+        le=31_536_000,
+        description="Fail the training Job after this many seconds, 60..31536000 (a year).",
     )
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str | None) -> str | None:
+        if value is not None and (problem := quantity_problem(value)):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("memory", "shm_size")
+    @classmethod
+    def _bytes(cls, value: str | None) -> str | None:
+        if value is not None and (problem := quantity_problem(value, whole=True)):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, label in (value or {}).items():
+            if problem := label_key_problem(key) or label_value_problem(label):
+                raise ValueError(problem)
+        return value
 
 
 class SlaProfile(ApiModel):
     """A latency limit for one kind of generation."""
 
     name: str = Field(min_length=1, description="Profile name, e.g. question or answer.")
-    max_new_tokens: int = Field(ge=1, le=32768, description="Tokens generated per sample.")
+    max_new_tokens: int = Field(
+        strict=True, ge=1, le=32768, description="Tokens generated per sample, 1..32768."
+    )
     max_latency_seconds: float = Field(
-        gt=0, description="Limit on the chosen percentile of end-to-end latency, in seconds."
+        strict=True,
+        allow_inf_nan=False,
+        gt=0,
+        le=86400,
+        description="Limit on the chosen percentile of end-to-end latency, in seconds "
+        "(at most a day).",
     )
     prompts: str | None = Field(
         default=None,
@@ -252,16 +472,37 @@ class SlaProfile(ApiModel):
 class BenchmarkSpec(ApiModel):
     """How the adapted model is measured against its latency SLA."""
 
-    samples: int = Field(default=20, ge=1, le=10000, description="Measured samples per profile.")
-    warmup: int = Field(default=2, ge=0, description="Warm-up samples per profile, not counted.")
+    samples: int = Field(
+        default=20,
+        strict=True,
+        ge=1,
+        le=MAX_SAMPLES,
+        description=f"Measured samples per profile, 1..{MAX_SAMPLES} (enough for a p99).",
+    )
+    warmup: int = Field(
+        default=2,
+        strict=True,
+        ge=0,
+        le=MAX_WARMUP_SAMPLES,
+        description=f"Warm-up samples per profile, not counted, 0..{MAX_WARMUP_SAMPLES}.",
+    )
     percentile: Literal[50, 90, 95, 99] = Field(
         default=95, description="Which latency percentile is held to the limit."
     )
     merge_adapter: bool = Field(
-        default=False, description="Merge the adapter into the base weights before measuring."
+        default=False,
+        strict=True,
+        description="Merge the adapter into the base weights before measuring.",
     )
     sla: list[SlaProfile] = Field(
-        default_factory=list, description="Latency profiles; every one must pass to promote."
+        default_factory=lambda: [
+            SlaProfile(name="question", max_new_tokens=200, max_latency_seconds=10),
+            SlaProfile(name="answer", max_new_tokens=50, max_latency_seconds=6),
+        ],
+        min_length=1,
+        description="Latency profiles; every one must pass to promote. Default: the seed "
+        "plans' two, question (200 new tokens within 10 s) and answer (50 within 6 s); an "
+        "empty list is invalid (a gate with nothing to measure would pass anything).",
     )
 
     @field_validator("sla")
@@ -281,12 +522,40 @@ class PromotionSpec(ApiModel):
     policy: Literal["auto", "manual"] = Field(
         default="auto",
         description="auto promotes on a passing benchmark; manual waits for the annotation "
-        'finetune.dev/approve: "true".',
+        'finetune.dev/approve: "<generation>" naming the generation it approves.',
     )
     require_improvement: bool = Field(
         default=False,
+        strict=True,
         description="Also require the adapter's eval loss to beat the base model's and the "
         "currently promoted model's.",
+    )
+    alias: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The alias the model is promoted to, per namespace "
+        "(models/<namespace>/<alias>/current.json); default: the preset, or the model id made "
+        "a path segment. Lowercase letters, digits, '-' and '.'.",
+    )
+
+
+class SchedulingSpec(ApiModel):
+    """Admission by Kueue against a team's GPU quota."""
+
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Kueue LocalQueue in the job's namespace: the Jobs are created suspended "
+        "with the kueue.x-k8s.io/queue-name label and run once Kueue admits them. Default: "
+        "the operator's default queue, if any; none: the Jobs run at once.",
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="PriorityClass of the pods (Kueue orders and preempts workloads by it).",
     )
 
 
@@ -302,6 +571,9 @@ class FineTuneJobSpec(ApiModel):
         default_factory=BenchmarkSpec, description="Latency benchmark and SLA."
     )
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="Promotion policy.")
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Queueing (Kueue) and priority."
+    )
 
     def resolve(self) -> ResolvedSpec:
         """Fill every unset field from the preset (or generic defaults)."""
@@ -335,13 +607,16 @@ class FineTuneJobSpec(ApiModel):
 
 
 def check_uri(uri: str) -> None:
-    """Reject URI schemes we cannot read (http://, gs://, ...). Plain paths are local files."""
+    """Reject URI schemes we cannot read (http://, gs://, ...) and s3:// URIs that name no
+    object or a bucket S3 would refuse. Plain paths are local files."""
     if "://" in uri and not uri.startswith(DATASET_SCHEMES):
         scheme = uri.split("://", 1)[0]
+        shown = f"{scheme}://" if re.fullmatch(r"[A-Za-z][-+.A-Za-z0-9]*", scheme) else repr(uri)
         raise ValueError(
-            f"unsupported URI scheme {scheme}://; use s3://bucket/key, file:///path or a "
-            "relative path"
+            f"unsupported URI scheme {shown}; use s3://bucket/key, file:///path or a relative path"
         )
+    if uri.startswith("s3://") and (problem := s3_object_problem(uri)):
+        raise ValueError(problem)
 
 
 class ResolvedSpec(ApiModel):
@@ -377,6 +652,11 @@ class RunConfig(ApiModel):
     namespace: str
     name: str
     generation: int = Field(ge=1)
+    uid: str | None = Field(
+        default=None,
+        description="The object the run belongs to (metadata.uid; a local job's own id): a "
+        "run directory is only ever read for the object that wrote it.",
+    )
     spec: ResolvedSpec
     created_at: datetime | None = None
 
@@ -419,9 +699,16 @@ class Reason:
     PROMOTION_FAILED = "PromotionFailed"
     JOB_DELETED = "JobDeleted"
     JOB_FAILED = "JobFailed"
+    JOB_REJECTED = "JobRejected"
     STAGE_FAILED = "StageFailed"
     STAGE_EXITED = "StageExited"
     INTERRUPTED = "Interrupted"
+    QUEUED = "Queued"
+    ADMITTED = "Admitted"
+    RETRYING = "Retrying"
+    INVALID_APPROVAL = "InvalidApproval"
+    INVALID_RUN_FILE = "InvalidRunFile"
+    NON_FINITE_LOSS = "NonFiniteLoss"
     # The gate's verdicts.
     SLA_MET = "SlaMet"
     SLA_MISSED = "SlaMissed"
@@ -476,12 +763,19 @@ class Metrics(StatusModel):
     train_runtime_seconds: float | None = Field(default=None, description="Training wall time.")
     train_tokens: int | None = Field(default=None, description="Tokens trained on.")
     dataset_sha256: str | None = Field(default=None, description="sha256 of the dataset file.")
+    dataset_etag: str | None = Field(
+        default=None, description="The object store's ETag of the dataset (s3:// datasets)."
+    )
     train_rows: int | None = Field(default=None, description="Conversations in the training split.")
     eval_rows: int | None = Field(
         default=None, description="Conversations in the validation split."
     )
     truncated_rows: int | None = Field(
         default=None, description="Conversations cut to model.maxSeqLength."
+    )
+    backend: str | None = Field(
+        default=None,
+        description="What trained the adapter: unsloth or transformers (FINETUNE_BACKEND).",
     )
 
 
@@ -562,6 +856,10 @@ class FineTuneJobStatus(StatusModel):
     benchmark: BenchmarkReport | None = Field(default=None, description="Benchmark summary.")
     artifacts: Artifacts | None = Field(default=None, description="Artifact URIs.")
     promoted_model: str | None = Field(default=None, description="URI of the promoted copy.")
+    approved_generation: int | None = Field(
+        default=None,
+        description="The generation the finetune.dev/approve annotation approved (manual policy).",
+    )
     sla: str | None = Field(default=None, description="SLA verdict for printing: Passed or Failed.")
     started_at: str | None = Field(default=None, description="When the current run started.")
     runs: list[RunRecord] = Field(

@@ -8,6 +8,7 @@ report's own `passed` flags are not trusted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from finetune_core.api import (
@@ -44,7 +45,7 @@ def loss(value: float) -> str:
 def percentile_of(result: ProfileResult, percentile: int) -> float | None:
     """The measured end-to-end latency at the spec's percentile (50, 90, 95 or 99)."""
     value: float | None = getattr(result, f"p{percentile}")
-    return value
+    return _finite(value)
 
 
 def profile_meets_sla(result: ProfileResult, percentile: int, limit: float) -> bool:
@@ -71,12 +72,17 @@ def sla_problems(report: BenchmarkReport, spec: ResolvedSpec) -> list[str]:
     return problems
 
 
+def _finite(value: float | None) -> float | None:
+    """A non-finite number compares as nothing (NaN passes every `>=` test): it is missing."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def quality_problems(
     metrics: Metrics | None, champion: CurrentAlias | None, version: str | None
 ) -> tuple[str, list[str]]:
     """(reason, problems) for promotion.requireImprovement; no problems when it improves."""
-    eval_loss = metrics.eval_loss if metrics else None
-    base = metrics.base_eval_loss if metrics else None
+    eval_loss = _finite(metrics.eval_loss) if metrics else None
+    base = _finite(metrics.base_eval_loss) if metrics else None
     if eval_loss is None or base is None:
         missing = "evalLoss" if eval_loss is None else "baseEvalLoss"
         return Reason.MISSING_METRICS, [
@@ -86,7 +92,7 @@ def quality_problems(
     if eval_loss >= base:
         problems.append(f"eval loss {loss(eval_loss)} does not beat the base model's {loss(base)}")
     is_itself = champion is not None and version is not None and champion.version == version
-    rival = None if champion is None or is_itself else champion.eval_loss
+    rival = None if champion is None or is_itself else _finite(champion.eval_loss)
     if champion is not None and rival is not None and eval_loss >= rival:
         problems.append(
             f"eval loss {loss(eval_loss)} does not beat the current model "
@@ -130,8 +136,8 @@ def judge(
         problems += quality
     if problems:
         return Verdict(False, reason, "; ".join(problems), tuple(problems))
-    if not spec.benchmark.sla:
-        return Verdict(True, Reason.SLA_MET, "no SLA profiles to meet")
+    if not spec.benchmark.sla:  # the API refuses it; a gate with nothing to measure fails
+        return Verdict(False, Reason.SLA_MISSED, "no SLA profiles to measure")
     message = "SLA met: " + sla_summary(report, spec.benchmark.sla, spec.benchmark.percentile)
     if spec.promotion.require_improvement and metrics and metrics.eval_loss is not None:
         message += f"; eval loss {loss(metrics.eval_loss)} improves on the base model"

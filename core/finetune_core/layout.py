@@ -3,7 +3,7 @@
 The layout is a contract between the operator, the pods and users browsing the bucket:
     runs/<namespace>/<name>/g<generation>/{config,progress,metrics,error}.json
     runs/.../checkpoints/step-<N>/   adapter/   report/benchmark.json   report/index.html
-    models/<model>/<namespace>-<name>-g<generation>/   models/<model>/current.json
+    models/<namespace>/<alias>/<name>-g<generation>/   models/<namespace>/<alias>/current.json
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from finetune_core.api import ApiModel, ResolvedSpec
+from finetune_core.api import ApiModel, ResolvedSpec, StatusModel
+from finetune_core.presets import PRESETS
 
 CHECKPOINT_COMPLETE_MARKER = "COMPLETE"
 
@@ -114,25 +115,56 @@ class RunPaths:
     def report_html(self) -> str:
         return f"{self.report}/index.html"
 
+    def superseded(self, uid: str) -> str:
+        """Where a run directory written for another object of the same name (deleted and
+        created again) is moved, so that nothing is lost and nothing is read by mistake."""
+        return f"runs/{self.namespace}/{self.name}/superseded/{uid}/g{self.generation}"
+
     @property
     def version(self) -> str:
-        """The name a promoted copy of this run gets."""
-        return f"{self.namespace}-{self.name}-g{self.generation}"
+        """The name a promoted copy of this run gets (unique within its namespace)."""
+        return f"{self.name}-g{self.generation}"
 
 
 def model_key(spec: ResolvedSpec) -> str:
-    """The folder under models/ for a base model: the preset, else the model id's last part."""
-    if spec.preset:
+    """The default alias of a base model: the preset's name while the preset's own model is
+    trained, else the full model id made a path segment (`{preset: phi-4, name:
+    meta-llama/Llama-3.1-8B}` trains Llama, so it must not land under phi-4)."""
+    if spec.preset and spec.model_id == PRESETS[spec.preset].model_id:
         return spec.preset
-    return re.sub(r"[^a-z0-9._-]+", "-", spec.model_id.rstrip("/").split("/")[-1].lower())
+    return re.sub(r"[^a-z0-9._-]+", "-", spec.model_id.strip("/").lower()).strip("-.")
 
 
-def models_dir(model: str) -> str:
-    return f"models/{model}"
+@dataclass(frozen=True)
+class AliasPaths:
+    """Keys of one namespace's alias: `models/<namespace>/<alias>/`, its promoted versions
+    and `current.json`. Each namespace has its own aliases: one team cannot replace
+    another's model."""
+
+    namespace: str
+    alias: str
+
+    @property
+    def prefix(self) -> str:
+        return f"models/{self.namespace}/{self.alias}"
+
+    @property
+    def current(self) -> str:
+        return f"{self.prefix}/current.json"
+
+    @property
+    def legacy_current(self) -> str:
+        """Where the alias was kept before aliases were per namespace (read, never written)."""
+        return f"models/{self.alias}/current.json"
+
+    def version_dir(self, version: str) -> str:
+        return f"{self.prefix}/{version}"
 
 
-def current_alias(model: str) -> str:
-    return f"models/{model}/current.json"
+def alias_of(spec: ResolvedSpec, namespace: str) -> AliasPaths:
+    """The alias a run of `spec` in `namespace` is promoted to: promotion.alias, else the
+    model key."""
+    return AliasPaths(namespace, spec.promotion.alias or model_key(spec))
 
 
 class ErrorReport(ApiModel):
@@ -143,11 +175,14 @@ class ErrorReport(ApiModel):
     message: str
 
 
-class CurrentAlias(ApiModel):
-    """models/<model>/current.json: which version is promoted, and which were before."""
+class CurrentAlias(StatusModel):
+    """models/<namespace>/<alias>/current.json: which version is current, and which were
+    before (newest first). Unknown keys are ignored, so a newer writer does not break an
+    older reader."""
 
     version: str
     uri: str
     promoted_at: str
     eval_loss: float | None = None
+    action: Literal["promote", "rollback"] = "promote"
     previous: list[dict[str, object]] = Field(default_factory=list)

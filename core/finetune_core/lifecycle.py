@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal, cast
@@ -44,7 +44,7 @@ from finetune_core.api import (
     RunRecord,
 )
 from finetune_core.clock import timestamp
-from finetune_core.layout import CurrentAlias, ErrorReport, RunPaths, model_key
+from finetune_core.layout import AliasPaths, CurrentAlias, ErrorReport, RunPaths, alias_of
 from finetune_core.manifest import Problem
 
 StageName = Literal["train", "benchmark"]
@@ -81,6 +81,8 @@ class StageState:
     ready: bool = False
     reason: str = ""
     message: str = ""
+    stuck: bool = False  # it never started (no image, unschedulable): delete it on failing
+    queue: str | None = None  # suspended, waiting for admission to this queue (Kueue)
 
 
 class Step(Enum):
@@ -114,12 +116,13 @@ class RunState:
     gpus: int = 0
     problems: tuple[Problem, ...] = ()
     raw_status: Mapping[str, Any] = field(default_factory=dict)
-    approved: bool = False
+    approval: str | None = None  # the approve annotation's value, if any
     deleting: bool = False
     train: StageState | None = None
     bench: StageState | None = None
     superseded: tuple[str, ...] = ()  # unfinished stages of other generations
-    uid: str | None = None  # the object's identity (metadata.uid in a cluster)
+    leftovers: tuple[str, ...] = ()  # stages of a deleted predecessor of the same name
+    uid: str | None = None  # the object's identity (metadata.uid; a local job's own id)
 
     @property
     def status(self) -> FineTuneJobStatus:
@@ -134,6 +137,11 @@ class RunState:
         return status.phase
 
     @property
+    def approved(self) -> bool:
+        """An approval names the generation it approves: a stale one approves nothing."""
+        return self.approval == str(self.generation)
+
+    @property
     def resolved(self) -> ResolvedSpec:
         assert self.spec is not None
         return self.spec
@@ -144,6 +152,9 @@ class RunState:
 
     def stage(self, stage: StageName) -> StageState | None:
         return self.train if stage == "train" else self.bench
+
+    def with_stage(self, stage: StageName, state: StageState) -> RunState:
+        return replace(self, train=state) if stage == "train" else replace(self, bench=state)
 
     @property
     def settled(self) -> bool:
@@ -201,7 +212,7 @@ class Reads:
     report: bool = False
     error: bool = False
     checkpoints: bool = False
-    champion: str | None = None  # model key whose current.json to read
+    champion: AliasPaths | None = None  # the alias whose current version to read
     failed_stage: StageName | None = None  # whose own last words (pod messages) to read
     dataset: str | None = None  # s3:// URI whose existence to check before training
 
@@ -218,11 +229,21 @@ def reads(state: RunState) -> Reads:
             return Reads(progress=True, error=True, failed_stage="train")
         case Step.BENCHMARKING if state.phase != "Benchmarking":
             return Reads(progress=True, metrics=True, checkpoints=True)
-        case Step.BENCHMARKED:
-            return Reads(metrics=True, report=True, champion=model_key(state.resolved))
+        case Step.BENCHMARKED | Step.APPROVED:
+            alias = alias_of(state.resolved, state.namespace)
+            return Reads(metrics=True, report=True, champion=alias)
         case Step.BENCHMARK_FAILED:
             return Reads(error=True, failed_stage="benchmark")
     return Reads()
+
+
+@dataclass(frozen=True)
+class InvalidRunFile:
+    """A stage's result file that is present but unusable (e.g. a NaN loss)."""
+
+    name: str  # metrics.json, benchmark.json
+    message: str
+    non_finite: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,6 +257,7 @@ class RunFiles:
     champion: CurrentAlias | None = None
     last_checkpoint: str | None = None  # URI
     dataset_missing: bool = False
+    invalid: tuple[InvalidRunFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -248,6 +270,8 @@ class Observation:
     stage_message: str | None = None  # the failed stage's own last words (pod message)
     promoted_uri: str | None = None  # set once the executor has promoted the run
     promotion_error: str | None = None
+    promotion_rejected: gate.Verdict | None = None  # gated again at the write: it lost
+    create_refused: str | None = None  # the API refused to create the stage, for good
 
 
 def with_percent(progress: Progress) -> Progress:
@@ -286,11 +310,26 @@ NOTHING = Decision()
 
 
 def decide(obs: Observation, now: datetime) -> Decision:
-    """The next step of the run, given everything observed."""
+    """The next step of the run, given everything observed. Stages that are not this run's
+    (a superseded generation's, a deleted predecessor's) are deleted on every pass until
+    they are gone; a stage of ours is never created while a predecessor's of the same name
+    is still there."""
     s = obs.state
-    at = timestamp(now)
+    if obs.create_refused is not None:
+        message = f"the stage could not be created: {obs.create_refused}"
+        return _fail(s, timestamp(now), Reason.JOB_REJECTED, message)
+    decision = _decide(s, obs, timestamp(now))
+    if decision.create is not None:
+        blocking = stage_name(s.name, s.generation, decision.create)
+        if blocking in s.leftovers:
+            decision = Decision()  # the next pass, once it is gone, creates ours
+    stale = tuple(name for name in s.superseded + s.leftovers if name not in decision.delete)
+    return replace(decision, delete=decision.delete + stale) if stale else decision
+
+
+def _decide(s: RunState, obs: Observation, at: str) -> Decision:
     match s.step:
-        case Step.SETTLED | Step.AWAITING_APPROVAL:
+        case Step.SETTLED:
             return NOTHING
         case Step.INVALID:
             return _invalid(s, obs, at)
@@ -313,7 +352,11 @@ def decide(obs: Observation, now: datetime) -> Decision:
             assert s.bench is not None
             return _stage_failed(s, obs, at, "benchmark", s.bench)
         case Step.APPROVED:
-            return _promote(s, obs, at, "approved")
+            return _gate(s, obs, at)
+        case Step.AWAITING_APPROVAL if s.approval is not None:
+            return _invalid_approval(s, at)
+        case Step.AWAITING_APPROVAL:
+            return NOTHING
         case Step.TRAINING_STAGE_LOST | Step.BENCHMARK_STAGE_LOST:
             stage: StageName = "train" if s.step is Step.TRAINING_STAGE_LOST else "benchmark"
             job = stage_name(s.name, s.generation, stage)
@@ -324,6 +367,23 @@ def decide(obs: Observation, now: datetime) -> Decision:
                 f"{stage} failed: Job {job} was deleted before it finished",
             )
     raise AssertionError(s.step)  # pragma: no cover
+
+
+def retrying(state: RunState, now: datetime, message: str) -> Decision:
+    """A run that keeps meeting a transient fault (the API server or the store down, a
+    timeout): the phase stays, and the Reconciling condition says what is being retried."""
+    status = state.status
+    if state.phase not in ACTIVE_PHASES:
+        return NOTHING
+    conditions = [
+        c.model_copy(update={"reason": Reason.RETRYING, "message": _cap(message)})
+        if c.type == "Reconciling"
+        else c
+        for c in status.conditions
+    ]
+    return Decision(
+        status=changes(state.raw_status, {"conditions": [c.to_wire() for c in conditions]})
+    )
 
 
 def resume(state: RunState, now: datetime, why: str) -> Decision:
@@ -341,6 +401,25 @@ def interrupted(
     assert phase not in SETTLED_PHASES
     fields = {"progress": _wire(with_percent(progress))} if progress else {}
     return _move(state, timestamp(now), phase, Reason.INTERRUPTED, message, fields, warning=True)
+
+
+def _invalid_approval(s: RunState, at: str) -> Decision:
+    """An approve annotation that names another generation (or says "true") approves
+    nothing: say so once, and keep waiting."""
+    message = (
+        f"{APPROVE_ANNOTATION}={s.approval!r} approves nothing: the annotation's value must be "
+        f'the generation it approves, "{s.generation}"; still waiting for approval'
+    )
+    return _move(s, at, "AwaitingApproval", Reason.INVALID_APPROVAL, message, warning=True)
+
+
+def _result_problem(s: RunState, obs: Observation, at: str, name: str) -> Decision | None:
+    """A stage succeeded but left a result the run cannot go on from: fail, naming it."""
+    for invalid in obs.files.invalid:
+        if invalid.name == name:
+            reason = Reason.NON_FINITE_LOSS if invalid.non_finite else Reason.INVALID_RUN_FILE
+            return _fail(s, at, reason, invalid.message)
+    return None
 
 
 def _new_run(s: RunState, obs: Observation, at: str) -> Decision:
@@ -366,7 +445,6 @@ def _new_run(s: RunState, obs: Observation, at: str) -> Decision:
         message,
         patch,
         events=events,
-        delete=s.superseded,
         requeue=True,
     )
 
@@ -409,12 +487,8 @@ def _record(status: FineTuneJobStatus, at: str) -> RunRecord | None:
 
 def _invalid(s: RunState, obs: Observation, at: str) -> Decision:
     message = "invalid spec: " + "; ".join(str(problem) for problem in s.problems)
-    fields: dict[str, Any] = {}
-    delete: tuple[str, ...] = ()
-    if s.phase is None:
-        fields = _new_run_fields(s, obs, at)
-        delete = s.superseded
-    return _move(s, at, "Failed", Reason.INVALID_SPEC, message, fields, warning=True, delete=delete)
+    fields = _new_run_fields(s, obs, at) if s.phase is None else {}
+    return _move(s, at, "Failed", Reason.INVALID_SPEC, message, fields, warning=True)
 
 
 def _start_training(s: RunState, obs: Observation, at: str) -> Decision:
@@ -432,15 +506,30 @@ def _start_training(s: RunState, obs: Observation, at: str) -> Decision:
     )
 
 
+def _queued(s: RunState, stage: StageState, at: str) -> Decision | None:
+    """A stage suspended until its queue admits it: the phase its step implies, and the
+    Reconciling condition saying which queue it waits in."""
+    if stage.queue is None:
+        return None
+    phase: Phase = "Benchmarking" if stage is s.bench else "Pending"
+    message = f"Job {stage.name} waits for admission to queue {stage.queue}"
+    return _move(s, at, phase, Reason.QUEUED, message)
+
+
 def _training(s: RunState, obs: Observation, at: str) -> Decision:
     """Pending until the stage runs; then Training, also while a failed pod is retried."""
     assert s.train is not None
+    if (queued := _queued(s, s.train, at)) is not None:
+        return queued
     progress = obs.files.progress
     fields = {
         "progress": _wire(with_percent(progress)) if progress else None,
         "artifacts": _wire(_artifacts(s, obs)),
     }
     started = s.train.ready or progress is not None or s.phase == "Training"
+    if not started and Reason.QUEUED in _reasons(s):
+        message = f"training Job {s.train.name} was admitted; waiting for its pod to start"
+        return _move(s, at, "Pending", Reason.ADMITTED, message, fields)
     if s.phase == ("Training" if started else "Pending"):
         return _refresh(s, fields)
     if started:
@@ -451,6 +540,8 @@ def _training(s: RunState, obs: Observation, at: str) -> Decision:
 
 
 def _trained(s: RunState, obs: Observation, at: str) -> Decision:
+    if (problem := _result_problem(s, obs, at, "metrics.json")) is not None:
+        return problem
     job = stage_name(s.name, s.generation, "benchmark")
     metrics = obs.files.metrics
     loss = metrics.eval_loss if metrics else None
@@ -476,7 +567,12 @@ def _trained_fields(s: RunState, obs: Observation) -> dict[str, Any]:
 
 def _benchmarking(s: RunState, obs: Observation, at: str) -> Decision:
     assert s.bench is not None
+    if (queued := _queued(s, s.bench, at)) is not None:
+        return queued
     if s.phase == "Benchmarking":
+        if Reason.QUEUED in _reasons(s):
+            message = f"benchmark Job {s.bench.name} was admitted and runs"
+            return _move(s, at, "Benchmarking", Reason.ADMITTED, message)
         return NOTHING
     # The benchmark stage exists but the status was not written (the executor stopped between).
     return _move(
@@ -491,6 +587,9 @@ def _benchmarking(s: RunState, obs: Observation, at: str) -> Decision:
 
 def _gate(s: RunState, obs: Observation, at: str) -> Decision:
     report, metrics = obs.files.report, obs.files.metrics
+    for name in ("metrics.json", "benchmark.json"):
+        if (problem := _result_problem(s, obs, at, name)) is not None:
+            return problem
     if report is None:
         return _fail(
             s,
@@ -511,18 +610,30 @@ def _gate(s: RunState, obs: Observation, at: str) -> Decision:
         return _move(
             s, at, "Rejected", verdict.reason, f"rejected: {verdict.message}", fields, warning=True
         )
-    if spec.promotion.policy == "manual" and not s.approved:
+    if spec.promotion.policy != "manual":
+        return _promote(s, obs, at, verdict.message, fields)
+    if not s.approved:
         message = (
-            f"{verdict.message}; waiting for approval: annotate it with "
-            f"{APPROVE_ANNOTATION}=true (locally: finetune approve {s.namespace}/{s.name})"
+            f"{verdict.message}; waiting for approval of generation {s.generation}: annotate "
+            f'it with {APPROVE_ANNOTATION}="{s.generation}" '
+            f"(locally: finetune approve {s.namespace}/{s.name})"
         )
         return _move(s, at, "AwaitingApproval", Reason.AWAITING_APPROVAL, message, fields)
-    return _promote(s, obs, at, verdict.message, fields)
+    why = f"{verdict.message}; generation {s.generation} approved"
+    return _promote(s, obs, at, why, {**fields, "approvedGeneration": s.generation})
 
 
 def _promote(
     s: RunState, obs: Observation, at: str, why: str, fields: dict[str, Any] | None = None
 ) -> Decision:
+    if obs.promotion_rejected is not None:
+        verdict = obs.promotion_rejected
+        message = f"rejected at promotion: {verdict.message}"
+        fields = {
+            **(fields or {}),
+            "sla": "Passed" if verdict.reason == Reason.NO_IMPROVEMENT else "Failed",
+        }
+        return _move(s, at, "Rejected", verdict.reason, message, fields, warning=True)
     if obs.promotion_error is not None:
         return _fail(s, at, Reason.PROMOTION_FAILED, f"promote failed: {obs.promotion_error}")
     if obs.promoted_uri is None:
@@ -552,13 +663,18 @@ def _stage_failed(
     fields: dict[str, Any] = {}
     if obs.files.progress is not None:
         fields["progress"] = _wire(with_percent(obs.files.progress))
-    return _fail(s, at, reason, f"{stage} failed: {detail}", fields)
+    failed = _fail(s, at, reason, f"{stage} failed: {detail}", fields)
+    return replace(failed, delete=(state.name,)) if state.stuck else failed
 
 
 def _fail(
     s: RunState, at: str, reason: str, message: str, fields: dict[str, Any] | None = None
 ) -> Decision:
     return _move(s, at, "Failed", reason, message, fields or {}, warning=True)
+
+
+def _reasons(s: RunState) -> set[str]:
+    return {c.reason for c in s.status.conditions}
 
 
 def _artifacts(s: RunState, obs: Observation) -> Artifacts:
@@ -598,10 +714,13 @@ def _move(
         "message": message,
         "conditions": [c.to_wire() for c in conditions],
     }
-    if events is None:
+    status = changes(s.raw_status, patch)
+    if not status:
+        events = ()  # nothing moved: it was said when it did
+    elif events is None:
         events = [Event("Warning" if warning else "Normal", reason, message)]
     return Decision(
-        status=changes(s.raw_status, patch),
+        status=status,
         events=tuple(events),
         create=create,
         delete=delete,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ from finetune_core.api import (
     MAX_NAME_LENGTH,
     FineTuneJobSpec,
 )
+from finetune_core.syntax import dns_label_problem, label_key_problem, label_value_problem
+
+MAX_GENERATION = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -48,15 +52,24 @@ class InvalidManifest(Exception):
         super().__init__("; ".join(str(p) for p in problems))
 
 
+# Steps pydantic adds to an error's location that are not fields (validator wrappers).
+_NOT_A_FIELD = re.compile(r"(function|model)-[a-z-]+\[.*\]|\[key\]")
+_PLAIN_KEY = re.compile(r"[A-Za-z_][-A-Za-z0-9_]*")
+
+
 def _path(loc: tuple[int | str, ...], prefix: str) -> str:
+    """`spec.benchmark.sla[0].name`; a key that is not a plain word is quoted (`['a.b']`),
+    so that a path stays one line whatever keys a document holds."""
     out = prefix
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith(("function-", "model-")) or part in {"[key]"}:
+        elif _NOT_A_FIELD.fullmatch(part):
             continue
-        else:
+        elif _PLAIN_KEY.fullmatch(part):
             out += f".{part}"
+        else:
+            out += f"[{part!r}]"
     return out
 
 
@@ -99,10 +112,10 @@ def check_name(name: Any) -> list[Problem]:
             Problem(
                 "metadata.name",
                 f"must be at most {MAX_NAME_LENGTH} characters (it is {len(name)}) so that "
-                f"'{name[:10]}...-g<generation>-train' stays a valid Job name",
+                f"{name[:10] + '...-g<generation>-train'!r} stays a valid Job name",
             )
         ]
-    if not DNS_LABEL.match(name):
+    if not DNS_LABEL.fullmatch(name):  # match() would take a final newline
         return [
             Problem(
                 "metadata.name",
@@ -111,6 +124,60 @@ def check_name(name: Any) -> list[Problem]:
             )
         ]
     return []
+
+
+def check_namespace(namespace: Any) -> list[Problem]:
+    """A namespace, when given, is a DNS label: a run's store path holds it, so a local run's
+    must be what a cluster's could be (no '..', no '/')."""
+    if namespace is None:
+        return []
+    if not isinstance(namespace, str):
+        return [Problem("metadata.namespace", "must be a string (a DNS label)")]
+    if problem := dns_label_problem(namespace):
+        return [Problem("metadata.namespace", problem)]
+    return []
+
+
+def _label_problems(labels: Any) -> list[str]:
+    if not isinstance(labels, dict):
+        return ["must be a mapping of label keys to label values"]
+    problems = []
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            problems.append(f"{key!r}: keys and values must be strings")
+        elif problem := label_key_problem(key) or label_value_problem(value):
+            problems.append(problem)
+    return problems
+
+
+def check_metadata(meta: Any) -> list[Problem]:
+    """The metadata a run is named by: a mapping with the name, and when given the
+    namespace, the generation (an int64, as the API server keeps it), string annotations and
+    labels the API server would take."""
+    if meta is None:
+        return check_name(None)
+    if not isinstance(meta, dict):
+        return [Problem("metadata", "must be a mapping (with the name)")]
+    problems = check_name(meta.get("name")) + check_namespace(meta.get("namespace"))
+    generation = meta.get("generation")
+    if generation is not None and (
+        not isinstance(generation, int)
+        or isinstance(generation, bool)
+        or not 1 <= generation <= MAX_GENERATION
+    ):
+        problems.append(
+            Problem("metadata.generation", f"must be an integer in 1..{MAX_GENERATION}")
+        )
+    annotations = meta.get("annotations")
+    if annotations is not None and not (
+        isinstance(annotations, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())
+    ):
+        problems.append(Problem("metadata.annotations", "must be a mapping of strings to strings"))
+    labels = meta.get("labels")
+    if labels is not None:
+        problems += [Problem("metadata.labels", problem) for problem in _label_problems(labels)]
+    return problems
 
 
 def parse_spec(spec: Any) -> FineTuneJobSpec:
@@ -132,14 +199,14 @@ def parse_manifest(doc: Any) -> FineTuneJob:
         problems.append(Problem("apiVersion", f"must be {API_VERSION}"))
     if doc.get("kind") != KIND:
         problems.append(Problem("kind", f"must be {KIND}"))
-    meta = doc.get("metadata") or {}
-    problems += check_name(meta.get("name"))
+    meta = doc.get("metadata")
+    problems += check_metadata(meta)
     spec: FineTuneJobSpec | None = None
     try:
         spec = parse_spec(doc.get("spec"))
     except InvalidManifest as invalid:
         problems += invalid.problems
-    if problems or spec is None:
+    if problems or spec is None or not isinstance(meta, dict):
         raise InvalidManifest(problems)
     return FineTuneJob(
         name=meta["name"],
@@ -151,9 +218,13 @@ def parse_manifest(doc: Any) -> FineTuneJob:
 
 
 def load_documents(path: Path) -> list[Any]:
-    """Every YAML document in a file (empty documents skipped)."""
-    with path.open(encoding="utf-8") as handle:
-        return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+    """Every YAML document in a file (empty documents skipped); yaml.YAMLError for a file
+    that is not YAML (bytes that are not UTF-8 included)."""
+    with path.open("rb") as handle:
+        try:
+            return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+        except RecursionError:
+            raise yaml.YAMLError("the document is nested too deeply to read") from None
 
 
 def validate_file(path: Path) -> list[str]:
@@ -161,7 +232,7 @@ def validate_file(path: Path) -> list[str]:
     try:
         docs = load_documents(path)
     except (OSError, yaml.YAMLError) as error:
-        return [f"{path}: {error}"]
+        return [f"{path}: {' '.join(str(error).split())}"]
     if not docs:
         return [f"{path}: no FineTuneJob in the file"]
     lines: list[str] = []

@@ -1,8 +1,11 @@
-"""Promotion: copy a run's adapter and report to models/<model>/<version>/ with a model card,
-then move the models/<model>/current.json alias to it.
+"""Promotion: copy a run's adapter and report to models/<namespace>/<alias>/<version>/ with a
+model card, then move the alias (`current.json` beside them) to it.
 
-The alias is written last, so a reader that follows it never finds a half-copied model.
-Promoting the same run again rewrites the same copy and leaves the alias as it is.
+The alias is written last, with a conditional write (compare-and-swap on its version), so a
+reader that follows it never finds a half-copied model, two promotions to the same alias
+cannot lose an entry, and a run is gated again against the champion read right before the
+write. Promoting the same run again (a retry after a crash) changes nothing, also when a
+newer champion has displaced it since.
 """
 
 from __future__ import annotations
@@ -11,18 +14,29 @@ import math
 from datetime import datetime
 from typing import Any
 
+from finetune_core import gate
 from finetune_core.api import BenchmarkReport, Metrics, ResolvedSpec
 from finetune_core.clock import timestamp
 from finetune_core.gate import percentile_of
-from finetune_core.layout import CurrentAlias, RunPaths, current_alias, model_key, models_dir
+from finetune_core.layout import AliasPaths, CurrentAlias, RunPaths, alias_of
 from finetune_core.store import ArtifactStore, InvalidFile, read_model, read_model_if_valid
 
 # How many earlier versions current.json remembers (newest first).
 MAX_PREVIOUS = 10
+# Conditional writes that may lose to other writers before promotion gives up.
+MAX_ATTEMPTS = 8
 
 
 class PromotionError(RuntimeError):
-    """The run cannot be promoted (nothing to copy, or an unreadable alias)."""
+    """The run cannot be promoted (nothing to copy, an unreadable alias, endless contention)."""
+
+
+class ChampionChanged(PromotionError):
+    """Gated again against the alias as it is now, the run no longer passes."""
+
+    def __init__(self, verdict: gate.Verdict):
+        super().__init__(verdict.message)
+        self.verdict = verdict
 
 
 def next_alias(
@@ -40,9 +54,7 @@ def next_alias(
         return current
     history: list[dict[str, Any]] = []
     if current is not None:
-        displaced = current.to_wire()
-        del displaced["previous"]
-        history = [displaced, *current.previous]
+        history = [_entry(current), *current.previous]
     history = [entry for entry in history if entry.get("version") != version][:keep]
     return CurrentAlias(
         version=version, uri=uri, promoted_at=promoted_at, eval_loss=eval_loss, previous=history
@@ -140,22 +152,38 @@ def _perplexity(eval_loss: float | None) -> float | None:
     return None if eval_loss is None else math.exp(eval_loss)
 
 
-def read_champion(store: ArtifactStore, model: str) -> CurrentAlias | None:
-    """The promoted version of a base model (models/<model>/current.json), if any."""
-    key = current_alias(model)
+def _entry(alias: CurrentAlias) -> dict[str, Any]:
+    entry = alias.to_wire()
+    del entry["previous"]
+    return entry
+
+
+def read_champion(store: ArtifactStore, alias: AliasPaths) -> CurrentAlias | None:
+    """The alias's current version, if any; an alias written before aliases were per
+    namespace (models/<alias>/current.json) is read as a fallback until the first promotion
+    to the new place."""
+    champion, _ = _read_alias(store, alias)
+    return champion
+
+
+def _read_alias(store: ArtifactStore, alias: AliasPaths) -> tuple[CurrentAlias | None, str | None]:
     try:
-        return read_model(store, key, CurrentAlias)
-    except InvalidFile as error:
-        raise PromotionError(str(error)) from error
+        raw, version = store.get_json_versioned(alias.current)
+        if raw is not None:
+            return CurrentAlias.model_validate(raw), version
+        return read_model(store, alias.legacy_current, CurrentAlias), None
+    except (InvalidFile, ValueError) as error:
+        raise PromotionError(f"{store.uri(alias.current)} is not a valid alias: {error}") from error
 
 
 def promote(
     store: ArtifactStore, run: RunPaths, spec: ResolvedSpec, now: datetime | None = None
 ) -> str:
-    """Copy the run's adapter, report and a model card to models/<model>/<version>/, then
-    point current.json at it. Returns the promoted copy's URI."""
-    model = model_key(spec)
-    target = f"{models_dir(model)}/{run.version}"
+    """Copy the run's adapter, report and a model card to the alias's folder, then point the
+    alias at it. Returns the promoted copy's URI; ChampionChanged when the champion read
+    right before the write beats the run."""
+    alias = alias_of(spec, run.namespace)
+    target = alias.version_dir(run.version)
     if not store.copy_prefix(run.adapter, f"{target}/adapter"):
         raise PromotionError(f"no adapter to promote at {store.uri(run.adapter)}")
     store.copy_prefix(run.report, f"{target}/report")
@@ -164,15 +192,57 @@ def promote(
     report = read_model_if_valid(store, run.benchmark_report, BenchmarkReport)
     card = model_card(run, spec, uri, metrics, report)
     store.put_bytes(f"{target}/README.md", card.encode(), "text/markdown")
+    for _ in range(MAX_ATTEMPTS):
+        champion, version = _read_alias(store, alias)
+        if champion is not None and run.version in _versions(champion):
+            return uri  # promoted before (a retry): never displace what came since
+        if report is not None:
+            verdict = gate.judge(report, spec, metrics, champion, version=run.version)
+            if not verdict.passed:
+                raise ChampionChanged(verdict)
+        moved = next_alias(
+            champion,
+            version=run.version,
+            uri=uri,
+            promoted_at=timestamp(now),
+            eval_loss=metrics.eval_loss if metrics else None,
+        )
+        if store.put_json_if(alias.current, moved.to_wire(), version):
+            return uri
+    raise PromotionError(f"{store.uri(alias.current)} kept changing; promotion gave up")
 
-    champion = read_champion(store, model)
-    alias = next_alias(
-        champion,
-        version=run.version,
-        uri=uri,
-        promoted_at=timestamp(now),
-        eval_loss=metrics.eval_loss if metrics else None,
-    )
-    if alias is not champion:
-        store.put_json(current_alias(model), alias.to_wire())
-    return uri
+
+def _versions(champion: CurrentAlias) -> set[str]:
+    return {champion.version} | {str(entry.get("version")) for entry in champion.previous}
+
+
+def rollback(
+    store: ArtifactStore, alias: AliasPaths, version: str | None = None, now: datetime | None = None
+) -> CurrentAlias:
+    """Point the alias back at one of its previous versions (default: the one before the
+    current); the displaced version goes into the history like any other."""
+    for _ in range(MAX_ATTEMPTS):
+        champion, stored = _read_alias(store, alias)
+        if champion is None or not champion.previous:
+            raise PromotionError(f"{store.uri(alias.current)} has no earlier version to go back to")
+        wanted = version or str(champion.previous[0].get("version"))
+        entry = next((e for e in champion.previous if e.get("version") == wanted), None)
+        if entry is None:
+            known = ", ".join(str(e.get("version")) for e in champion.previous)
+            raise PromotionError(f"{wanted} is not an earlier version of the alias ({known})")
+        history = [_entry(champion)] + [e for e in champion.previous if e is not entry]
+        moved = CurrentAlias(
+            version=wanted,
+            uri=str(entry.get("uri")),
+            promoted_at=timestamp(now),
+            eval_loss=_float(entry.get("evalLoss")),
+            action="rollback",
+            previous=history[:MAX_PREVIOUS],
+        )
+        if store.put_json_if(alias.current, moved.to_wire(), stored):
+            return moved
+    raise PromotionError(f"{store.uri(alias.current)} kept changing; rollback gave up")
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None

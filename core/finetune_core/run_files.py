@@ -8,14 +8,31 @@ what its absence means.
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
-from finetune_core.api import BenchmarkReport, Metrics, Progress
-from finetune_core.layout import CurrentAlias, ErrorReport, RunPaths, scan_checkpoints
-from finetune_core.lifecycle import Reads, RunFiles
+from pydantic import BaseModel
+
+from finetune_core.api import BenchmarkReport, Metrics, Progress, RunConfig
+from finetune_core.layout import (
+    AliasPaths,
+    CurrentAlias,
+    ErrorReport,
+    RunPaths,
+    scan_checkpoints,
+)
+from finetune_core.lifecycle import InvalidRunFile, Reads, RunFiles
 from finetune_core.promotion import PromotionError, read_champion
-from finetune_core.store import ArtifactStore, open_object, read_model_if_valid
+from finetune_core.store import (
+    ArtifactStore,
+    InvalidFile,
+    open_object,
+    read_model,
+    read_model_if_valid,
+)
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def last_checkpoint(store: ArtifactStore, run: RunPaths) -> str | None:
@@ -24,7 +41,7 @@ def last_checkpoint(store: ArtifactStore, run: RunPaths) -> str | None:
     return None if newest is None else run.checkpoint(newest)
 
 
-def dataset_missing(uri: str, endpoint: str | None) -> bool:
+def dataset_missing_at(uri: str, endpoint: str | None) -> bool:
     """Whether a dataset is certainly absent; when the check itself fails (no access, the
     store is down), the training stage finds out and reports it."""
     try:
@@ -35,27 +52,72 @@ def dataset_missing(uri: str, endpoint: str | None) -> bool:
         return False
 
 
-def champion(store: ArtifactStore, model: str) -> CurrentAlias | None:
+def champion(store: ArtifactStore, alias: AliasPaths) -> CurrentAlias | None:
     try:
-        return read_champion(store, model)
+        return read_champion(store, alias)
     except PromotionError as error:
         log.warning("the current model alias is unreadable; gating without it: %s", error)
         return None
 
 
+def _result(
+    store: ArtifactStore, key: str, model: type[M], invalid: list[InvalidRunFile]
+) -> M | None:
+    """A stage's result file; one that is present but invalid is recorded, since the run
+    cannot go on from it."""
+    try:
+        return read_model(store, key, model)
+    except InvalidFile as error:
+        log.warning("%s", error)
+        invalid.append(InvalidRunFile(key.rsplit("/", 1)[-1], str(error), error.non_finite))
+        return None
+
+
+def written_for_another(store: ArtifactStore, run: RunPaths, uid: str | None) -> str | None:
+    """The UID of another object that wrote this run directory (a deleted predecessor of the
+    same name), if one did."""
+    config = read_model_if_valid(store, run.config, RunConfig)
+    if config is None or config.uid is None or uid is None or config.uid == uid:
+        return None
+    return config.uid
+
+
+def move_aside(store: ArtifactStore, run: RunPaths, uid: str | None) -> None:
+    """Before a run writes its directory: move a predecessor's run there out of the way,
+    to runs/<ns>/<name>/superseded/<its uid>/g<N>/ (copied first, then deleted, so a crash
+    in between loses nothing)."""
+    other = written_for_another(store, run, uid)
+    if other is None:
+        return
+    log.warning("%s was written for %s; moving it aside", store.uri(run.prefix), other)
+    store.copy_prefix(run.prefix, run.superseded(other))
+    store.delete_prefix(run.prefix + "/")
+
+
 def read_run_files(
-    store: ArtifactStore, run: RunPaths, want: Reads, endpoint: str | None = None
+    store: ArtifactStore,
+    run: RunPaths,
+    want: Reads,
+    endpoint: str | None = None,
+    uid: str | None = None,
 ) -> RunFiles:
-    """Everything `want` names, read in one go (blocking: the operator runs it in a thread)."""
+    """Everything `want` names, read in one go (blocking: the operator runs it in a thread).
+    A run directory written for another object `uid` holds nothing of this run's."""
+    dataset_missing = dataset_missing_at(want.dataset, endpoint) if want.dataset else False
+    wants_run_files = want.progress or want.metrics or want.report or want.error
+    if (wants_run_files or want.checkpoints) and written_for_another(store, run, uid):
+        return RunFiles(dataset_missing=dataset_missing)
     checkpoint = last_checkpoint(store, run) if want.checkpoints else None
+    invalid: list[InvalidRunFile] = []
+    metrics = _result(store, run.metrics, Metrics, invalid) if want.metrics else None
+    report = _result(store, run.benchmark_report, BenchmarkReport, invalid) if want.report else None
     return RunFiles(
         progress=read_model_if_valid(store, run.progress, Progress) if want.progress else None,
-        metrics=read_model_if_valid(store, run.metrics, Metrics) if want.metrics else None,
-        report=read_model_if_valid(store, run.benchmark_report, BenchmarkReport)
-        if want.report
-        else None,
+        metrics=metrics,
+        report=report,
+        invalid=tuple(invalid),
         error=read_model_if_valid(store, run.error, ErrorReport) if want.error else None,
         champion=champion(store, want.champion) if want.champion else None,
         last_checkpoint=store.uri(checkpoint) if checkpoint else None,
-        dataset_missing=dataset_missing(want.dataset, endpoint) if want.dataset else False,
+        dataset_missing=dataset_missing,
     )

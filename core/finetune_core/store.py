@@ -7,6 +7,7 @@ The operator, the trainer, the benchmark and the local pipeline all use this mod
 from __future__ import annotations
 
 import builtins
+import hashlib
 import io
 import json
 import logging
@@ -15,6 +16,7 @@ import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -40,7 +42,12 @@ class StoreUnavailable(OSError):
 
 
 class InvalidFile(ValueError):
-    """A JSON file in the store is not what its model says (or not JSON at all)."""
+    """A JSON file in the store is not what its model says (or not JSON at all).
+    `non_finite`: what is wrong is a NaN or an infinity where a number belongs."""
+
+    def __init__(self, message: str, non_finite: bool = False):
+        super().__init__(message)
+        self.non_finite = non_finite
 
 
 class ArtifactStore(ABC):
@@ -92,6 +99,28 @@ class ArtifactStore(ABC):
             return self.get_json(key)
         except NotFound:
             return None
+
+    def etag(self, key: str) -> str | None:
+        """The object store's ETag of an object; None where the store has none."""
+        return None
+
+    @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """An object and its version (the ETag: changes whenever the object does); None
+        when absent."""
+
+    @abstractmethod
+    def put_if(self, key: str, data: bytes, version: str | None) -> bool:
+        """Write only if the object is still at `version` (None: only if it is absent);
+        False, and nothing written, when another writer got there first."""
+
+    def get_json_versioned(self, key: str) -> tuple[Any, str | None]:
+        """(value, version); (None, None) when absent."""
+        found = self.get_versioned(key)
+        return (None, None) if found is None else (json.loads(found[0]), found[1])
+
+    def put_json_if(self, key: str, value: Any, version: str | None) -> bool:
+        return self.put_if(key, json.dumps(value, indent=2).encode(), version)
 
     def delete_prefix(self, prefix: str) -> None:
         for key in list(self.list(prefix)):
@@ -179,6 +208,25 @@ class LocalStore(ArtifactStore):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self.get_bytes(key)
+        except NotFound:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if(self, key: str, data: bytes, version: str | None) -> bool:
+        """Compare and swap under an exclusive lock file beside the object; the write itself
+        is an atomic rename, so readers never need the lock."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(path.with_name(path.name + ".lock")):
+            found = self.get_versioned(key)
+            if (found[1] if found else None) != version:
+                return False
+            self.put_bytes(key, data, "application/json")
+        return True
+
     def list(self, prefix: str) -> Iterator[str]:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
         if base.is_file():
@@ -192,6 +240,35 @@ class LocalStore(ArtifactStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+
+LOCK_STALE_SECONDS = 30.0
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """An exclusive lock file (O_EXCL); one left by a writer that died is broken after
+    LOCK_STALE_SECONDS."""
+    deadline = time.monotonic() + 2 * LOCK_STALE_SECONDS
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                if time.time() - lock.stat().st_mtime > LOCK_STALE_SECONDS:
+                    lock.unlink(missing_ok=True)
+                    continue
+            except FileNotFoundError:
+                continue
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"{lock} is held by another writer") from None
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        os.close(fd)
+        lock.unlink(missing_ok=True)
 
 
 class S3Store(ArtifactStore):
@@ -243,6 +320,8 @@ class S3Store(ArtifactStore):
                     "AccessDenied",
                     "InvalidAccessKeyId",
                     "SignatureDoesNotMatch",
+                    "PreconditionFailed",  # a conditional write lost: the caller decides
+                    "ConditionalRequestConflict",
                 }:
                     raise
                 reason = error.code
@@ -316,6 +395,47 @@ class S3Store(ArtifactStore):
     def delete(self, key: str) -> None:
         self._retry(key, lambda: self.client.remove_object(self.bucket, self._key(key)))
 
+    def etag(self, key: str) -> str | None:
+        stat = self._retry(key, lambda: self.client.stat_object(self.bucket, self._key(key)))
+        return (stat.etag or "").strip('"') or None
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        def read() -> tuple[bytes, str]:
+            response = self.client.get_object(self.bucket, self._key(key))
+            try:
+                return response.read(), (response.headers.get("ETag") or "").strip('"')
+            finally:
+                response.close()
+                response.release_conn()
+
+        try:
+            return self._retry(key, read)
+        except NotFound:
+            return None
+
+    def put_if(self, key: str, data: bytes, version: str | None) -> bool:
+        """S3 conditional write: If-Match on the ETag read, or If-None-Match: * to create.
+        The minio client's public put_object turns unknown headers into user metadata, so
+        the request goes through its PutObject call with the headers as given."""
+        from minio.error import S3Error
+
+        condition = ("If-None-Match", "*") if version is None else ("If-Match", f'"{version}"')
+        headers: dict[str, str | list[str] | tuple[str]] = {
+            "Content-Type": "application/json",
+            condition[0]: condition[1],
+        }
+        try:
+            self._retry(
+                key, lambda: self.client._put_object(self.bucket, self._key(key), data, headers)
+            )
+        except S3Error as error:
+            if error.code in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                return False
+            raise
+        except NotFound:  # If-Match on an object deleted meanwhile
+            return False
+        return True
+
     def copy(self, source: str, destination: str) -> None:
         from minio.commonconfig import CopySource
 
@@ -327,15 +447,24 @@ class S3Store(ArtifactStore):
         )
 
 
+# The JSON files the stages exchange are a few KiB; a larger one is not one of them.
+MAX_JSON_BYTES = 4 << 20
+
+
 def read_model(store: ArtifactStore, key: str, model: type[M]) -> M | None:
     """A JSON file read as its model: None when absent, InvalidFile (naming the file and the
-    problem) when unreadable. The one reader every stage and executor uses."""
+    problem) when unreadable or larger than MAX_JSON_BYTES. The one reader every stage and
+    executor uses."""
     try:
-        raw = store.get_json_or_none(key)
+        data = store.get_bytes(key)
+    except NotFound:
+        return None
+    if len(data) > MAX_JSON_BYTES:
+        raise InvalidFile(f"{store.uri(key)} is {len(data)} bytes, more than {MAX_JSON_BYTES}")
+    try:
+        raw = json.loads(data)
     except ValueError as error:  # not JSON, or not UTF-8
         raise InvalidFile(f"{store.uri(key)} is not JSON: {error}") from None
-    if raw is None:
-        return None
     try:
         return model.model_validate(raw)
     except ValidationError as error:
@@ -343,7 +472,9 @@ def read_model(store: ArtifactStore, key: str, model: type[M]) -> M | None:
             f"{'.'.join(str(part) for part in item['loc']) or '(top)'}: {item['msg']}"
             for item in error.errors()
         )
-        raise InvalidFile(f"{store.uri(key)} is not a valid {model.__name__}: {problems}") from None
+        non_finite = any(item["type"] == "finite_number" for item in error.errors())
+        message = f"{store.uri(key)} is not a valid {model.__name__}: {problems}"
+        raise InvalidFile(message, non_finite) from None
 
 
 def read_model_if_valid(store: ArtifactStore, key: str, model: type[M]) -> M | None:

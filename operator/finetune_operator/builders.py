@@ -20,6 +20,7 @@ LABEL_JOB = "finetune.dev/job"
 LABEL_STAGE = "finetune.dev/stage"
 LABEL_GENERATION = "finetune.dev/generation"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = "finetune-operator"
 
 CONTAINER = "trainer"
@@ -28,7 +29,23 @@ CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 # The root filesystem is read-only: HOME and the model cache live on an emptyDir.
 CACHE_DIR = "/cache"
+HF_HOME = f"{CACHE_DIR}/huggingface"
 _MOUNTS = {"shm": "/dev/shm", "tmp": "/tmp", "cache": CACHE_DIR}
+HF_CACHE_VOLUME = "huggingface"
+
+# The pod's UID has no passwd entry in the image (getpass.getuser(), which torch's inductor
+# uses for its cache path, raises without USER/LOGNAME) and nothing but the volumes is
+# writable: every cache goes under CACHE_DIR. The trainer images set the same defaults.
+RUNTIME_ENV = {
+    "HOME": CACHE_DIR,
+    "USER": "finetune",
+    "LOGNAME": "finetune",
+    "XDG_CACHE_HOME": f"{CACHE_DIR}/.cache",
+    "HF_HOME": HF_HOME,
+    "TORCHINDUCTOR_CACHE_DIR": f"{CACHE_DIR}/torchinductor",
+    "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
+    "UNSLOTH_COMPILE_LOCATION": f"{CACHE_DIR}/unsloth_compiled_cache",
+}
 
 
 def child_labels(name: str, generation: int, stage: StageName) -> dict[str, str]:
@@ -66,6 +83,9 @@ def build_job(
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs `finetune <stage> --run <run_uri>` for one generation."""
     labels = child_labels(name, generation, stage)
+    queue = spec.scheduling.queue_name or settings.default_queue
+    if queue:
+        labels[LABEL_KUEUE_QUEUE] = queue
     metadata: dict[str, Any] = {
         "name": stage_name(name, generation, stage),
         "namespace": namespace,
@@ -82,8 +102,16 @@ def build_job(
             "spec": _pod_spec(stage, spec.resources, settings, run_uri),
         },
     }
-    if stage == "train" and spec.resources.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.resources.active_deadline_seconds
+    if queue:
+        job_spec["suspend"] = True  # Kueue un-suspends it once the queue admits it
+    if spec.scheduling.priority_class_name:
+        job_spec["template"]["spec"]["priorityClassName"] = spec.scheduling.priority_class_name
+    # A run that never finishes fails instead of holding its GPU forever.
+    job_spec["activeDeadlineSeconds"] = (
+        (spec.resources.active_deadline_seconds or settings.train_deadline_seconds)
+        if stage == "train"
+        else settings.benchmark_deadline_seconds
+    )
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
@@ -113,6 +141,8 @@ def _pod_spec(
     shm_size = resources.shm_size or settings.shm_size
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        # SIGTERM makes the trainer finish its step and upload a checkpoint before it exits.
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {
@@ -131,11 +161,21 @@ def _pod_spec(
                 "name": "shm",
                 "emptyDir": {"medium": "Memory", "sizeLimit": shm_size},
             },
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "cache", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
+            {"name": "cache", "emptyDir": {"sizeLimit": settings.cache_size_limit}},
         ],
         **_placement(resources, settings),
     }
+    if settings.hf_cache_claim:
+        # Model downloads outlive the pod: a retry or the benchmark finds them there.
+        pod["volumes"].append(
+            {
+                "name": HF_CACHE_VOLUME,
+                "persistentVolumeClaim": {"claimName": settings.hf_cache_claim},
+            }
+        )
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in settings.image_pull_secrets]
     if settings.pod_service_account:
         pod["serviceAccountName"] = settings.pod_service_account
     return pod
@@ -170,7 +210,7 @@ def _container(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["finetune", stage, "--run", run_uri],
         "env": _env(settings),
-        "volumeMounts": [{"name": volume, "mountPath": path} for volume, path in _MOUNTS.items()],
+        "volumeMounts": _volume_mounts(settings),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -180,9 +220,21 @@ def _container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     amounts = _amounts(resources, settings)
+    # The emptyDirs live on the node's disk: ask for it (a request only; their sizeLimits
+    # bound what the pod may write).
+    container["resources"] = {
+        "requests": {**amounts, "ephemeral-storage": settings.ephemeral_storage_request}
+    }
     if amounts:
-        container["resources"] = {"requests": amounts, "limits": dict(amounts)}
+        container["resources"]["limits"] = dict(amounts)
     return container
+
+
+def _volume_mounts(settings: OperatorSettings) -> list[dict[str, str]]:
+    mounts = [{"name": volume, "mountPath": path} for volume, path in _MOUNTS.items()]
+    if settings.hf_cache_claim:
+        mounts.append({"name": HF_CACHE_VOLUME, "mountPath": HF_HOME})
+    return mounts
 
 
 def _amounts(resources: ResourcesSpec, settings: OperatorSettings) -> dict[str, str]:
@@ -210,9 +262,6 @@ def _env(settings: OperatorSettings) -> list[dict[str, Any]]:
         }
         for key in CREDENTIAL_KEYS
     ]
-    env += [
-        {"name": "FINETUNE_LOG_FORMAT", "value": "json"},
-        {"name": "HOME", "value": CACHE_DIR},
-        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
-    ]
+    env.append({"name": "FINETUNE_LOG_FORMAT", "value": "json"})
+    env += [{"name": name, "value": value} for name, value in RUNTIME_ENV.items()]
     return env

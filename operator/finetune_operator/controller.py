@@ -11,6 +11,7 @@ next one.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import weakref
@@ -23,21 +24,32 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_core.api import ResolvedSpec, RunConfig
 from finetune_core.layout import RunPaths
-from finetune_core.lifecycle import Decision, Event, Observation, RunState, decide, reads
+from finetune_core.lifecycle import (
+    STAGES,
+    Decision,
+    Event,
+    Observation,
+    RunState,
+    decide,
+    reads,
+    retrying,
+)
 from finetune_core.manifest import parse_manifest
-from finetune_core.promotion import PromotionError, promote
-from finetune_core.run_files import read_run_files
+from finetune_core.promotion import ChampionChanged, PromotionError, promote
+from finetune_core.run_files import move_aside, read_run_files
 from finetune_core.store import ArtifactStore
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import OperatorMetrics
-from finetune_operator.observe import run_state, termination_message
+from finetune_operator.observe import run_state, stuck, termination_message
 from finetune_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
 EventPoster = Callable[[Mapping[str, Any], Event], None]
 
+# Faults in a row before the Reconciling condition shows the one being retried.
+SHOW_FAULTS_AFTER = 3
 # A new generation takes two passes (record the new run, then start it); more would mean
 # decisions that never settle.
 MAX_PASSES = 4
@@ -48,6 +60,22 @@ def redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
+
+
+def refused_for_good(error: ApiException) -> bool:
+    """A 4xx other than a conflict or throttling: the same request will be refused again."""
+    return 400 <= (error.status or 0) < 500 and error.status not in (409, 429)
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own explanation (its Status message), else the HTTP reason."""
+    try:
+        message = str(json.loads(error.body or "{}").get("message") or "")
+    except ValueError:
+        message = ""
+    return (
+        f"{error.status} {error.reason}: {message}" if message else f"{error.status} {error.reason}"
+    )
 
 
 class Controller:
@@ -71,15 +99,44 @@ class Controller:
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        self._failures: dict[tuple[str, str], int] = {}
 
     async def reconcile(self, namespace: str, name: str) -> None:
         """Bring one FineTuneJob as far as its observed state allows."""
         lock = self._locks.setdefault((namespace, name), asyncio.Lock())
         async with lock:
-            for _ in range(MAX_PASSES):
-                if not await self._pass(namespace, name):
-                    return
-            log.warning("%s/%s: still changing after %d passes", namespace, name, MAX_PASSES)
+            try:
+                for _ in range(MAX_PASSES):
+                    if not await self._pass(namespace, name):
+                        break
+                else:
+                    log.warning(
+                        "%s/%s: still changing after %d passes", namespace, name, MAX_PASSES
+                    )
+            except Exception as error:
+                await self._transient(namespace, name, error)
+                raise  # kopf retries the reconcile with back-off
+            self._failures.pop((namespace, name), None)
+
+    async def _transient(self, namespace: str, name: str, error: Exception) -> None:
+        """Count a fault the next pass may not meet; from the SHOW_FAULTS_AFTER-th in a row,
+        say in the Reconciling condition what is being retried (best effort: the API server
+        may be what fails)."""
+        key = (namespace, name)
+        self._failures[key] = count = self._failures.get(key, 0) + 1
+        if count < SHOW_FAULTS_AFTER:
+            return
+        detail = redact(f"{type(error).__name__}: {error}", self._secrets)
+        message = f"retrying after {count} failed attempts; the last: {detail}"
+        try:
+            obj = await self.kube.get_finetunejob(namespace, name)
+            if obj is None:
+                return
+            decision = retrying(run_state(obj, (), self.settings), datetime.now(UTC), message)
+            if decision.status:
+                await self.kube.patch_finetunejob_status(namespace, name, decision.status)
+        except Exception as also:
+            log.warning("%s/%s: could not record the retry: %s", namespace, name, also)
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)
@@ -90,11 +147,18 @@ class Controller:
             self.forget(namespace, name)
             return False
         jobs = await self.kube.list_jobs(namespace, name)
-        observation = await self._observe(run_state(obj, jobs))
+        state = await self._unstick(run_state(obj, jobs, self.settings), jobs)
+        observation = await self._observe(state)
         decision = decide(observation, datetime.now(UTC))
         if decision.promote:
             decision = decide(await self._promote(observation), datetime.now(UTC))
-        await self._carry_out(obj, observation.state, decision)
+        try:
+            await self._carry_out(obj, observation.state, decision)
+        except ApiException as error:
+            if not refused_for_good(error):
+                raise  # a server error or a timeout: kopf retries the reconcile with back-off
+            refused = replace(observation, create_refused=api_message(error))
+            decision = decide(refused, datetime.now(UTC))
         if decision.status:
             await self.kube.patch_finetunejob_status(namespace, name, decision.status)
         phase = decision.status.get("phase") or observation.state.phase
@@ -117,7 +181,7 @@ class Controller:
         want = reads(state)
         paths = state.paths
         files = await asyncio.to_thread(
-            read_run_files, self.store, paths, want, self.settings.s3_endpoint
+            read_run_files, self.store, paths, want, self.settings.s3_endpoint, state.uid
         )
         if files.error is not None:
             error = files.error.model_copy(
@@ -135,12 +199,31 @@ class Controller:
             stage_message=message and redact(message, self._secrets),
         )
 
+    async def _unstick(self, state: RunState, jobs: list[dict[str, Any]]) -> RunState:
+        """A stage whose pod cannot start (no image, unschedulable, no pod at all) for longer
+        than the operator allows is a failed stage, not one to wait for forever."""
+        for stage in STAGES:
+            current = state.stage(stage)
+            if current is None or current.outcome != "running" or current.ready:
+                continue
+            if current.queue is not None:
+                continue  # suspended by design until its queue admits it
+            labels = child_labels(state.name, state.generation, stage)
+            pods = await self.kube.list_pods(state.namespace, labels)
+            job = next(j for j in jobs if j["metadata"]["name"] == current.name)
+            found = stuck(job, pods, datetime.now(UTC), self.settings.stuck_pod_seconds)
+            if found is not None:
+                state = state.with_stage(stage, found)
+        return state
+
     async def _promote(self, observation: Observation) -> Observation:
         s = observation.state
         try:
             uri = await asyncio.to_thread(
                 promote, self.store, s.paths, s.resolved, datetime.now(UTC)
             )
+        except ChampionChanged as lost:
+            return replace(observation, promotion_rejected=lost.verdict)
         except PromotionError as error:
             return replace(observation, promotion_error=str(error))
         return replace(observation, promoted_uri=uri)
@@ -161,7 +244,9 @@ class Controller:
         if decision.create is None:
             return
         if decision.create == "train":
-            await self._write_config(s.paths, s.resolved)
+            await self._write_config(s.paths, s.resolved, s.uid)
+        # An error.json of an earlier try explains nothing about this one.
+        await asyncio.to_thread(self.store.delete, s.paths.error)
         manifest = build_job(
             decision.create,
             name=s.name,
@@ -181,14 +266,17 @@ class Controller:
             manifest["metadata"]["name"],
         )
 
-    async def _write_config(self, paths: RunPaths, spec: ResolvedSpec) -> None:
-        """config.json tells the pods what to run; a run's config is written once."""
+    async def _write_config(self, paths: RunPaths, spec: ResolvedSpec, uid: str | None) -> None:
+        """config.json tells the pods what to run; a run's config is written once, by the
+        object the run belongs to (a predecessor's run directory is moved aside first)."""
+        await asyncio.to_thread(move_aside, self.store, paths, uid)
         if await asyncio.to_thread(self.store.exists, paths.config):
             return
         config = RunConfig(
             namespace=paths.namespace,
             name=paths.name,
             generation=paths.generation,
+            uid=uid,
             spec=spec,
             created_at=datetime.now(UTC),
         )

@@ -56,6 +56,8 @@ _ORDER = (
     "properties",
     "items",
     "additionalProperties",
+    # CEL rules a model states itself (json_schema_extra), beside those in _EXTRA below.
+    "x-kubernetes-validations",
 )
 _EXCLUSIVE = {"exclusiveMinimum": "minimum", "exclusiveMaximum": "maximum"}
 
@@ -158,11 +160,9 @@ def open_api_schema() -> Schema:
                 "description": "Versioned schema of this object: finetune.dev/v1alpha1.",
             },
             "kind": {"type": "string", "description": "The object's type: FineTuneJob."},
-            "metadata": {
-                "type": "object",
-                "description": "Standard object metadata. The name is at most "
-                f"{MAX_NAME_LENGTH} characters, since it prefixes the names of the Jobs.",
-            },
+            # kube-apiserver refuses any other keyword here (a description included): the
+            # name's limit is the root's CEL rule below.
+            "metadata": {"type": "object"},
             "spec": structural_schema(FineTuneJobSpec, "spec"),
             "status": structural_schema(FineTuneJobStatus, "status"),
         },

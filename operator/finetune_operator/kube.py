@@ -22,6 +22,9 @@ from finetune_operator.builders import LABEL_JOB
 
 T = TypeVar("T")
 
+# (connect, read) seconds for every API call the operator makes itself.
+REQUEST_TIMEOUT = (5.0, 30.0)
+
 
 def load_configuration() -> client.Configuration:
     """Where the API server is and how to authenticate: in a pod its service account, else
@@ -55,8 +58,11 @@ class Kube:
         self._client.close()
 
     async def _call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One API call in a thread, bounded in time: a stalled connection is an error the
+        reconcile retries, never a reconcile that hangs."""
+        timeout = REQUEST_TIMEOUT if self._timeout is None else self._timeout
         response = await asyncio.to_thread(
-            call, *args, _preload_content=False, _request_timeout=self._timeout, **kwargs
+            call, *args, _preload_content=False, _request_timeout=timeout, **kwargs
         )
         return json.loads(response.data or b"null")
 

@@ -5,9 +5,10 @@ failed stage's last words. Pure functions of the objects as read from the API.""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from finetune_core.api import DATASET_SCHEMES, FineTuneJobSpec, Reason
+from finetune_core.api import DATASET_SCHEMES, KIND, FineTuneJobSpec, Reason
 from finetune_core.lifecycle import (
     APPROVE_ANNOTATION,
     RunState,
@@ -15,6 +16,8 @@ from finetune_core.lifecycle import (
     stage_name,
 )
 from finetune_core.manifest import InvalidManifest, Problem, parse_manifest
+from finetune_operator.builders import LABEL_KUEUE_QUEUE, LABEL_MANAGED_BY, MANAGED_BY
+from finetune_operator.settings import OperatorSettings
 
 
 def stage_state(job: Mapping[str, Any]) -> StageState:
@@ -32,18 +35,31 @@ def stage_state(job: Mapping[str, Any]) -> StageState:
             reason=failed.get("reason") or Reason.JOB_FAILED,
             message=failed.get("message") or "",
         )
+    if (job.get("spec") or {}).get("suspend"):
+        queue = ((job["metadata"].get("labels") or {}).get(LABEL_KUEUE_QUEUE)) or ""
+        return StageState(name, "running", queue=queue or "(none)")
     return StageState(name, "running", ready=(status.get("ready") or 0) > 0)
 
 
-def cluster_problems(spec: FineTuneJobSpec) -> list[Problem]:
-    """A pod reads URIs only: the manifest-relative paths `finetune run` accepts mean
-    nothing in a cluster."""
+def cluster_problems(spec: FineTuneJobSpec, settings: OperatorSettings) -> list[Problem]:
+    """What a cluster refuses that `finetune run` accepts: manifest-relative paths (a pod
+    reads URIs only), and tolerations the operator does not allow (a job author must not
+    place pods on any tainted node)."""
+    problems = [
+        Problem(
+            f"spec.resources.tolerations[{index}]",
+            "not allowed by the operator (ask its administrator to add it to "
+            "FINETUNE_ALLOWED_TOLERATIONS)",
+        )
+        for index, toleration in enumerate(spec.resources.tolerations or [])
+        if not settings.toleration_allowed(toleration.to_wire())
+    ]
     uris = [("spec.dataset.uri", spec.dataset.uri)] + [
         (f"spec.benchmark.sla[{index}].prompts", profile.prompts)
         for index, profile in enumerate(spec.benchmark.sla)
         if profile.prompts is not None
     ]
-    return [
+    return problems + [
         Problem(
             path,
             "must be an s3:// or file:// URI in a cluster (relative paths work only "
@@ -54,18 +70,25 @@ def cluster_problems(spec: FineTuneJobSpec) -> list[Problem]:
     ]
 
 
-def run_state(obj: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]] = ()) -> RunState:
+def run_state(
+    obj: Mapping[str, Any],
+    jobs: Sequence[Mapping[str, Any]] = (),
+    settings: OperatorSettings | None = None,
+) -> RunState:
     """Interpret a FineTuneJob (as read from the API) and the Jobs labelled with its name."""
+    settings = settings or OperatorSettings()
     meta = obj.get("metadata") or {}
     name, generation = meta.get("name", ""), int(meta.get("generation") or 1)
     spec, problems = None, []
     try:
         spec = parse_manifest(obj).spec
-        problems = cluster_problems(spec)
+        problems = cluster_problems(spec, settings)
     except InvalidManifest as invalid:
         problems = invalid.problems
     resolved = spec.resolve() if spec is not None and not problems else None
-    states = {job["metadata"]["name"]: stage_state(job) for job in jobs}
+    uid = meta.get("uid")
+    ours, leftovers = owned_jobs(jobs, uid)
+    states = {job["metadata"]["name"]: stage_state(job) for job in ours}
     train_name = stage_name(name, generation, "train")
     bench_name = stage_name(name, generation, "benchmark")
     superseded = tuple(
@@ -83,18 +106,89 @@ def run_state(obj: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]] = ()) ->
         gpus=spec.resources.gpus if spec is not None else 0,
         problems=tuple(problems),
         raw_status=obj.get("status") or {},
-        approved=(meta.get("annotations") or {}).get(APPROVE_ANNOTATION) == "true",
+        approval=(meta.get("annotations") or {}).get(APPROVE_ANNOTATION),
         deleting=bool(meta.get("deletionTimestamp")),
         train=states.get(train_name),
         bench=states.get(bench_name),
         superseded=superseded,
-        uid=meta.get("uid"),
+        leftovers=tuple(sorted(job["metadata"]["name"] for job in leftovers)),
+        uid=uid,
     )
+
+
+def owned_jobs(
+    jobs: Sequence[Mapping[str, Any]], uid: str | None
+) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """(this object's Jobs, a deleted predecessor's) among the Jobs labelled with its name.
+    Only Jobs the operator made count (the managed-by label and a FineTuneJob owner); a Job
+    a user merely labelled is neither adopted nor deleted."""
+    ours: list[Mapping[str, Any]] = []
+    leftovers: list[Mapping[str, Any]] = []
+    for job in jobs:
+        meta = job.get("metadata") or {}
+        if (meta.get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY:
+            continue
+        owners = [ref for ref in meta.get("ownerReferences") or [] if ref.get("kind") == KIND]
+        if not owners:
+            continue
+        (ours if uid is None or owners[0].get("uid") == uid else leftovers).append(job)
+    return ours, leftovers
 
 
 def settled(obj: Mapping[str, Any]) -> bool:
     """Nothing can change without a new event (spec edit, annotation): no need to poll."""
     return run_state(obj).settled
+
+
+STUCK_WAITING = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName"}
+)
+
+
+def stuck(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: datetime, limit: float
+) -> StageState | None:
+    """A running Job that cannot start, as a failed stage: a pod waiting for an image or its
+    configuration, or unschedulable, for longer than `limit` seconds; or no pod at all that
+    long (the Job controller cannot create one: quota)."""
+    name = job["metadata"]["name"]
+    if not pods:
+        created = _moment(job["metadata"].get("creationTimestamp"))
+        if created is not None and (now - created).total_seconds() > limit:
+            message = (
+                f"Job {name} has had no pod for {limit:.0f} s (a quota or admission refusing "
+                "it? see its Events)"
+            )
+            return StageState(name, "failed", reason="FailedCreate", message=message, stuck=True)
+        return None
+    for pod in pods:
+        since, reason, message = _waiting(pod)
+        if since is not None and (now - since).total_seconds() > limit:
+            where = f"pod {pod['metadata']['name']}: {message}"
+            return StageState(name, "failed", reason=reason, message=where, stuck=True)
+    return None
+
+
+def _waiting(pod: Mapping[str, Any]) -> tuple[datetime | None, str, str]:
+    """Since when, why and what a pod is stuck on; (None, ...) when it is not."""
+    status = pod.get("status") or {}
+    created = _moment((pod.get("metadata") or {}).get("creationTimestamp"))
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+            since = _moment(condition.get("lastTransitionTime")) or created
+            return since, "Unschedulable", condition.get("message") or "unschedulable"
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_WAITING:
+            reason = waiting["reason"]
+            return created, reason, waiting.get("message") or reason
+    return None, "", ""
+
+
+def _moment(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def termination_message(pods: Sequence[Mapping[str, Any]]) -> str | None:

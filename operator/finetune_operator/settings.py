@@ -11,11 +11,14 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 MI300X_NODE_SELECTOR = {"amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM"}
 AMD_GPU_TOLERATION = {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# The trainer image the chart names by default too (repository + ":" + appVersion).
+DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/finetune-trainer-rocm:0.1.0"
 
 # environment variable -> field; JSON for structured values, commas for lists of scalars.
 ENV = {
     "FINETUNE_TRAINER_IMAGE": "trainer_image",
     "FINETUNE_IMAGE_PULL_POLICY": "image_pull_policy",
+    "FINETUNE_IMAGE_PULL_SECRETS": "image_pull_secrets",
     "FINETUNE_GPU_RESOURCE": "gpu_resource",
     "FINETUNE_NODE_SELECTOR": "node_selector",
     "FINETUNE_TOLERATIONS": "tolerations",
@@ -28,10 +31,20 @@ ENV = {
     "FINETUNE_PROGRESS_INTERVAL": "progress_interval_seconds",
     "FINETUNE_BACKOFF_LIMIT": "backoff_limit",
     "FINETUNE_SHM_SIZE": "shm_size",
+    "FINETUNE_CACHE_SIZE_LIMIT": "cache_size_limit",
+    "FINETUNE_TMP_SIZE_LIMIT": "tmp_size_limit",
+    "FINETUNE_EPHEMERAL_STORAGE_REQUEST": "ephemeral_storage_request",
+    "FINETUNE_HF_CACHE_CLAIM": "hf_cache_claim",
     "FINETUNE_SERVICE_ACCOUNT": "pod_service_account",
     "FINETUNE_LOG_FORMAT": "log_format",
     "FINETUNE_METRICS_PORT": "metrics_port",
     "FINETUNE_HEALTH_PORT": "health_port",
+    "FINETUNE_TRAIN_DEADLINE_SECONDS": "train_deadline_seconds",
+    "FINETUNE_BENCHMARK_DEADLINE_SECONDS": "benchmark_deadline_seconds",
+    "FINETUNE_STUCK_POD_SECONDS": "stuck_pod_seconds",
+    "FINETUNE_TERMINATION_GRACE_SECONDS": "termination_grace_seconds",
+    "FINETUNE_ALLOWED_TOLERATIONS": "allowed_tolerations",
+    "FINETUNE_DEFAULT_QUEUE": "default_queue",
     "FINETUNE_LEADER_ELECTION": "leader_election",
     "FINETUNE_LEASE_NAME": "lease_name",
     "FINETUNE_LEASE_NAMESPACE": "lease_namespace",
@@ -47,10 +60,14 @@ class OperatorSettings(BaseModel):
     """Cluster-wide defaults for the pods the operator creates."""
 
     trainer_image: str = Field(
-        default="ghcr.io/finetune-operator/trainer-rocm:0.1.0",
+        default=DEFAULT_TRAINER_IMAGE,
         description="Image the training and benchmark Jobs run (entrypoint: finetune).",
     )
     image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="Secrets (in the job's namespace) the pods pull the trainer image with.",
+    )
     gpu_resource: str = Field(default="amd.com/gpu", description="Extended resource for GPUs.")
     node_selector: dict[str, str] = Field(default_factory=lambda: dict(MI300X_NODE_SELECTOR))
     tolerations: list[dict[str, Any]] = Field(default_factory=lambda: [dict(AMD_GPU_TOLERATION)])
@@ -70,10 +87,65 @@ class OperatorSettings(BaseModel):
     progress_interval_seconds: float = Field(default=15.0, gt=0)
     backoff_limit: int = Field(default=3, ge=0)
     shm_size: str = "16Gi"
+    cache_size_limit: str = Field(
+        default="64Gi",
+        description="sizeLimit of the cache emptyDir (HOME, compile caches and, without "
+        "hf_cache_claim, the Hugging Face downloads).",
+    )
+    tmp_size_limit: str = Field(default="8Gi", description="sizeLimit of the /tmp emptyDir.")
+    ephemeral_storage_request: str = Field(
+        default="32Gi",
+        description="ephemeral-storage the pods request, so they land on a node with the disk.",
+    )
+    hf_cache_claim: str | None = Field(
+        default=None,
+        description="PersistentVolumeClaim (in the job's namespace) for the Hugging Face cache: "
+        "model downloads survive retries and runs.",
+    )
     pod_service_account: str | None = None
     log_format: str = "text"
     metrics_port: int = 8080
     health_port: int = 8081
+    train_deadline_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="activeDeadlineSeconds of a training Job unless the FineTuneJob sets "
+        "resources.activeDeadlineSeconds: a run that never finishes fails instead.",
+    )
+    benchmark_deadline_seconds: int = Field(
+        default=4 * 3600, ge=60, description="activeDeadlineSeconds of a benchmark Job."
+    )
+    stuck_pod_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a stage's pod may wait (ImagePullBackOff, ErrImagePull, "
+        "CreateContainerConfigError, Unschedulable) or a Job may have no pod at all (quota) "
+        "before the run fails with the pod's reason.",
+    )
+    termination_grace_seconds: int = Field(
+        default=600,
+        ge=30,
+        description="terminationGracePeriodSeconds of the pods: one training step plus the "
+        "checkpoint upload, which the trainer does on SIGTERM.",
+    )
+    allowed_tolerations: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Tolerations a FineTuneJob may ask for in resources.tolerations (matched "
+        "on key, operator, value and effect); None: only the operator's own `tolerations`. "
+        "A job author must not place pods on arbitrary tainted nodes.",
+    )
+
+    default_queue: str | None = Field(
+        default=None,
+        description="Kueue LocalQueue for FineTuneJobs that name none (spec.scheduling.queueName).",
+    )
+
+    def toleration_allowed(self, toleration: Mapping[str, Any]) -> bool:
+        allowed = self.tolerations if self.allowed_tolerations is None else self.allowed_tolerations
+        fields = ("key", "operator", "value", "effect")
+        wanted = tuple(toleration.get(f) for f in fields)
+        return any(tuple(a.get(f) for f in fields) == wanted for a in allowed)
+
     # Leader election (finetune_operator.leader): only the holder of the Lease reconciles.
     leader_election: bool = Field(
         default=True, description="Off: this process reconciles without taking the Lease."
@@ -120,12 +192,12 @@ class OperatorSettings(BaseModel):
             raw = env.get(variable)
             if raw is None or raw == "":
                 continue
-            if field in {"node_selector", "tolerations"}:
+            if field in {"node_selector", "tolerations", "allowed_tolerations"}:
                 try:
                     values[field] = json.loads(raw)
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{variable}: not valid JSON ({error})") from None
-            elif field in {"supplemental_groups", "namespaces"}:
+            elif field in {"supplemental_groups", "namespaces", "image_pull_secrets"}:
                 values[field] = [item.strip() for item in raw.split(",") if item.strip()]
             else:
                 values[field] = raw

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from finetune_trainer.uploads import BackgroundUploader
 log = logging.getLogger(__name__)
 
 STATE_FILE = "finetune_state.json"  # our own state, saved inside each checkpoint
+# Its keys: what a resumed attempt cannot measure again.
+TRAIN_SECONDS = "trainSeconds"  # training wall time of every attempt so far
+BASE_EVAL_LOSS = "baseEvalLoss"  # the base model's eval loss, measured before step 1
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,32 @@ def write_state(checkpoint_dir: Path, state: dict[str, float]) -> None:
     (checkpoint_dir / STATE_FILE).write_text(json.dumps(state))
 
 
+class ResumableState:
+    """Our state across attempts: the values a checkpoint carries (`snapshot`), starting
+    from the resumed checkpoint's, with this attempt's training time added."""
+
+    def __init__(self, saved: dict[str, float]):
+        self.saved = saved
+        self.values: dict[str, float] = {}
+        self.started: float | None = None
+
+    def get(self, key: str) -> float | None:
+        return self.values.get(key, self.saved.get(key))
+
+    def set(self, key: str, value: float) -> None:
+        self.values[key] = value
+
+    def start_training_clock(self) -> None:
+        self.started = time.monotonic()
+
+    def train_seconds(self) -> float:
+        elapsed = time.monotonic() - self.started if self.started is not None else 0.0
+        return self.saved.get(TRAIN_SECONDS, 0.0) + elapsed
+
+    def snapshot(self) -> dict[str, float]:
+        return {**self.values, TRAIN_SECONDS: self.train_seconds()}
+
+
 class CheckpointSync:
     """Finds, downloads, uploads and prunes one run's checkpoints in the store."""
 
@@ -75,7 +105,8 @@ class CheckpointSync:
         self.uploaded: list[int] = []  # steps whose upload completed in this process
 
     def stored(self) -> StoredCheckpoints:
-        return scan_checkpoints(self.store.list(self.paths.checkpoints + "/"), self.paths.checkpoints)
+        keys = self.store.list(self.paths.checkpoints + "/")
+        return scan_checkpoints(keys, self.paths.checkpoints)
 
     def download_newest(self, into: Path) -> LocalCheckpoint | None:
         """Download the newest complete checkpoint to `into/checkpoint-<N>`, or None."""

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -130,6 +132,12 @@ def read_numbered(path: Path, require_assistant: bool = True) -> list[tuple[int,
                     LineProblem(number, f"invalid JSON: {error.msg} (column {error.colno})")
                 )
                 continue
+            except RecursionError:
+                problems.append(LineProblem(number, "invalid JSON: nested too deeply"))
+                continue
+            except ValueError:  # an integer longer than Python converts (4300 digits)
+                problems.append(LineProblem(number, "invalid JSON: a number with too many digits"))
+                continue
             conversation, found = check_conversation(value, require_assistant)
             problems += [LineProblem(number, text) for text in found]
             if conversation is not None:
@@ -179,24 +187,38 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(uri: str, dest_dir: Path) -> Path:
-    """A local copy of a dataset: s3://bucket/key is downloaded into dest_dir (credentials
-    and endpoint from the environment); file:///path and plain paths are used in place."""
-    from finetune_core.store import NotFound, open_store
+def etag(uri: str) -> str | None:
+    """The object store's ETag of a dataset (None for a local file, or when it cannot be
+    read): with the sha256, what the run's metrics record about the data it trained on."""
+    from finetune_core.store import open_object
 
-    if uri.startswith("s3://"):
-        parsed = urlparse(uri)
-        key = parsed.path.lstrip("/")
-        if not parsed.netloc or not key:
-            raise DatasetError([LineProblem(0, f"{uri!r} is not s3://bucket/key")], uri)
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        target = dest_dir / Path(key).name
-        try:
-            open_store(f"s3://{parsed.netloc}").get_file(key, target)
-        except NotFound:
-            raise DatasetError([LineProblem(0, f"no such object: {uri}")], uri) from None
-        return target
-    path = Path(uri.removeprefix("file://"))
-    if not path.is_file():
-        raise DatasetError([LineProblem(0, f"no such file: {path}")], uri)
-    return path
+    try:
+        store, key = open_object(uri)
+        return store.etag(key)
+    except Exception as error:  # recorded when known; never a reason to fail the run
+        log.warning("could not read the ETag of %s: %s", uri, error)
+        return None
+
+
+def fetch(uri: str, dest_dir: Path) -> Path:
+    """A local copy of a dataset (s3://bucket/key, file:///path or a path): an object store's
+    file is downloaded into dest_dir (credentials and endpoint from the environment); a
+    local file is used in place."""
+    from finetune_core.store import LocalStore, NotFound, open_object
+
+    try:
+        store, key = open_object(uri)
+    except ValueError as error:
+        raise DatasetError([LineProblem(0, str(error))], uri) from None
+    if isinstance(store, LocalStore):
+        path = Path(store.uri(key))
+        if not path.is_file():
+            raise DatasetError([LineProblem(0, f"no such file: {path}")], uri)
+        return path
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / Path(key).name
+    try:
+        store.get_file(key, target)
+    except NotFound:
+        raise DatasetError([LineProblem(0, f"no such object: {uri}")], uri) from None
+    return target

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.data import Conversation, DatasetError, LineProblem
+from finetune_trainer.data import Conversation, DatasetError, LineProblem, split_indices
 
 IGNORE_INDEX = -100
 
@@ -138,6 +138,35 @@ def encode_dataset(
     if problems:
         raise DatasetError(problems, source)
     return result
+
+
+@dataclass(frozen=True)
+class EncodedSplits:
+    """The encoded training and validation splits, and the dataset facts metrics.json
+    reports."""
+
+    train: list[EncodedRow]
+    eval: list[EncodedRow]
+    truncated: int
+
+
+def encode_splits(
+    tokenizer: Any,
+    numbered: list[tuple[int, Conversation]],
+    max_seq_length: int,
+    too_long: str,
+    split: tuple[float, int],
+    source: str = "dataset",
+) -> EncodedSplits:
+    """Encode every conversation (see encode_dataset) and split them by (validationSplit,
+    seed), as the benchmark splits them; DatasetError when a split ends up empty."""
+    encoded = encode_dataset(tokenizer, numbered, max_seq_length, too_long, source)
+    train, held_out = split_indices(len(numbered), *split)
+    splits = EncodedSplits(encoded.select(train), encoded.select(held_out), encoded.truncated)
+    if not splits.train or not splits.eval:
+        problem = "no conversation left to train or evaluate on after cutting to maxSeqLength"
+        raise DatasetError([LineProblem(0, problem)], source)
+    return splits
 
 
 class PadCollator:

@@ -18,10 +18,16 @@ LOG_FORMAT_ENV = "FINETUNE_LOG_FORMAT"
 _STANDARD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+def _time(created: float) -> str:
+    """RFC 3339 in UTC with a Z, as finetune_core.clock writes it, to the millisecond."""
+    moment = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    return moment.replace("+00:00", "Z")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": _time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

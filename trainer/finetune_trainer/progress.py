@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
@@ -21,6 +20,7 @@ from rich.progress import Progress as RichProgress
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_core.api import Progress
+from finetune_core.clock import timestamp
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def snapshot(
         learning_rate=latest.get("learning_rate"),
         tokens_per_second=round(speed, 1) if speed is not None else None,
         eta_seconds=round(eta, 1) if eta is not None else None,
-        updated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        updated_at=timestamp(),
     )
 
 

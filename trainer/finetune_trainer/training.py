@@ -8,12 +8,13 @@ most templates lack); and truncation is counted. What SFTTrainer would add on to
 Trainer (formatting, packing) is not used. unsloth patches Trainer as well, so the GPU path
 runs the same loop.
 
-Import this module only after `modeling.select_backend()` (it imports transformers).
+Import this module only after `backend.select_backend()` (it imports transformers).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -32,10 +33,12 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging as transformers_logging
 
 from finetune_core.api import ResolvedSpec
+from finetune_trainer.backend import compute_dtype
 from finetune_trainer.checkpoints import CheckpointSync, write_state
 from finetune_trainer.encoding import EncodedRow, PadCollator
-from finetune_trainer.modeling import LoadedModel, compute_dtype
+from finetune_trainer.modeling import LoadedModel
 from finetune_trainer.plan import StepPlan
+from finetune_trainer.stage import invalid_input
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ transformers_logging.set_verbosity_warning()
 transformers_logging.disable_progress_bar()
 
 
-class Rows(torch.utils.data.Dataset[EncodedRow]):
+class EncodedRowDataset(torch.utils.data.Dataset[EncodedRow]):
     """Encoded conversations as a map-style dataset."""
 
     def __init__(self, rows: list[EncodedRow]):
@@ -82,6 +85,29 @@ class StopOnSignal(TrainerCallback):
     ) -> None:
         if self.requested:
             control.should_evaluate = False  # no time for it: the pod is being stopped
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """A NaN or infinite training or eval loss ends the run at once, naming the step: training
+    on from there only wastes the GPU, and nothing it produced may be promoted."""
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for key in ("loss", "eval_loss"):
+            value = (logs or {}).get(key)
+            if value is not None:
+                check_finite_loss(key.replace("_", " "), float(value), state.global_step)
+
+
+def check_finite_loss(what: str, value: float, step: int) -> None:
+    if not math.isfinite(value):
+        raise invalid_input("NonFiniteLoss", f"the {what} is {value} at step {step}")
 
 
 class UploadCheckpoints(TrainerCallback):
@@ -151,8 +177,8 @@ def build_trainer(
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=Rows(train_rows),
-        eval_dataset=Rows(eval_rows),
+        train_dataset=EncodedRowDataset(train_rows),
+        eval_dataset=EncodedRowDataset(eval_rows),
         data_collator=PadCollator(loaded.tokenizer.pad_token_id),
         processing_class=loaded.tokenizer,
         callbacks=callbacks,

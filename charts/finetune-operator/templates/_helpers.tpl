@@ -46,6 +46,15 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) }}
 {{- end }}
 
+{{/* trainer.imagePullSecrets ([{name: ...}]) as the comma-separated names the operator reads. */}}
+{{- define "finetune-operator.trainerPullSecrets" -}}
+{{- $names := list }}
+{{- range .Values.trainer.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}
+
 {{/*
 What the operator does in a namespace where FineTuneJobs live: reconcile the jobs
 and their status, create the training and benchmark Jobs (and delete the unfinished
@@ -60,6 +69,11 @@ Events. No Secrets: the pods get credentials through secretKeyRef.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/status"]
   verbs: ["get", "patch"]
+# The Jobs set blockOwnerDeletion on their owner: admission that checks it (OpenShift's
+# OwnerReferencesPermissionEnforcement) requires update on the owner's finalizers.
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunejobs/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]

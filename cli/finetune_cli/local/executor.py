@@ -15,6 +15,7 @@ import shlex
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from finetune_cli.local.generations import choose_generation
+from finetune_cli.local.lock import RunLocked, run_lock
 from finetune_cli.local.manifest import LocalJob, load_job, print_problems
 from finetune_cli.local.processes import (
     POLL_SECONDS,
@@ -55,7 +57,7 @@ from finetune_core.lifecycle import (
     stage_name,
 )
 from finetune_core.manifest import InvalidManifest
-from finetune_core.promotion import PromotionError, promote
+from finetune_core.promotion import ChampionChanged, PromotionError, promote
 from finetune_core.run_files import read_run_files
 from finetune_core.runs import RunSnapshot, latest_run, save_status
 from finetune_core.store import (
@@ -106,10 +108,11 @@ class LocalExecutor:
             namespace=self.job.namespace,
             name=self.job.name,
             generation=self.generation,
+            uid=self.job.uid,
             spec=self.job.spec,
             gpus=self.job.gpus,
             raw_status=self.raw_status,
-            approved=self.approved,
+            approval=str(self.generation) if self.approved else None,
             train=self.stage_state("train"),
             bench=self.stage_state("benchmark"),
         )
@@ -139,7 +142,7 @@ class LocalExecutor:
 
     def observe(self) -> Observation:
         state = self.state()
-        files = read_run_files(self.store, self.paths, reads(state), self.endpoint)
+        files = read_run_files(self.store, self.paths, reads(state), self.endpoint, self.job.uid)
         return Observation(state=state, run_uri=self.store.uri(self.paths.prefix), files=files)
 
     # ---------------------------------------------------------------- act and record
@@ -216,6 +219,8 @@ class LocalExecutor:
     def promote(self, observation: Observation) -> Observation:
         try:
             uri = promote(self.store, self.paths, self.job.spec, datetime.now(UTC))
+        except ChampionChanged as lost:
+            return replace(observation, promotion_rejected=lost.verdict)
         except PromotionError as error:
             return replace(observation, promotion_error=str(error))
         return replace(observation, promoted_uri=uri)
@@ -261,9 +266,13 @@ def run_manifest(
         artifacts = open_store(store, endpoint)
         if isinstance(artifacts, S3Store):
             artifacts.ensure_bucket()
-        return _run(console, job, artifacts, endpoint, command)
+        with run_lock(artifacts, job.namespace, job.name):
+            return _run(console, job, artifacts, endpoint, command)
     except StoreUnavailable as error:
         console.print(f"[red]The artifact store is unreachable:[/] {error}")
+        return EXIT_FAILED
+    except RunLocked as locked:
+        console.print(f"[red]{locked}[/]", highlight=False)
         return EXIT_FAILED
 
 
@@ -275,6 +284,10 @@ def _run(
     command: StageCommand,
 ) -> int:
     latest = latest_run(store, job.namespace, job.name)
+    # A local job has no API server to give it a UID: it gets one at its first run, and
+    # every later generation keeps it.
+    known = latest.config.uid if latest is not None else None
+    job = replace(job, uid=known or str(uuid.uuid4()))
     choice = choose_generation(job.spec, latest, job.dataset_sha256)
     run = RunPaths(job.namespace, job.name, choice.generation)
     console.print(
@@ -293,6 +306,7 @@ def _run(
             namespace=job.namespace,
             name=job.name,
             generation=choice.generation,
+            uid=job.uid,
             spec=job.spec,
             created_at=datetime.now(UTC),
         )
@@ -353,11 +367,26 @@ def approve_run(
             "only a run in AwaitingApproval can be approved[/]"
         )
         return EXIT_FAILED
-    job = LocalJob(run.namespace, run.name, snapshot.config.spec, gpus=0, dataset_sha256=None)
-    with _executor(
-        console, artifacts, job, run.generation, status.to_wire(), endpoint, command, approved=True
-    ) as executor:
-        return executor.execute()
+    config = snapshot.config
+    job = LocalJob(run.namespace, run.name, config.spec, 0, None, config.uid)
+    try:
+        with (
+            run_lock(artifacts, run.namespace, run.name),
+            _executor(
+                console,
+                artifacts,
+                job,
+                run.generation,
+                status.to_wire(),
+                endpoint,
+                command,
+                approved=True,
+            ) as executor,
+        ):
+            return executor.execute()
+    except RunLocked as locked:
+        console.print(f"[red]{locked}[/]", highlight=False)
+        return EXIT_FAILED
 
 
 def approve_command(run: RunPaths, store: ArtifactStore, endpoint: str | None) -> str:

@@ -26,6 +26,7 @@ class LocalJob:
     spec: ResolvedSpec
     gpus: int
     dataset_sha256: str | None
+    uid: str | None = None  # the job's identity, kept in its runs' config.json
 
 
 def _local_file(uri: str, base: Path, field_path: str) -> tuple[str, list[Problem]]:

@@ -10,10 +10,12 @@ closing the terminal (SIGHUP) still ends it.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -33,6 +35,7 @@ from finetune_core.layout import RunPaths
 from finetune_core.store import ENDPOINT_ENV, STORE_ENV, ArtifactStore
 
 POLL_SECONDS = 0.5
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # How long a stage may take to stop after SIGTERM (the trainer finishes its step and saves a
 # checkpoint) before it is killed; a second Ctrl-C kills it at once.
 STOP_GRACE_SECONDS = 120.0
@@ -82,6 +85,14 @@ def sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies, however it dies (SIGKILL
+    included), so a stage never outlives the `finetune run` that started it (Linux)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Watcher:
@@ -207,6 +218,7 @@ class StageProcess:
             self._process = subprocess.Popen(
                 self.command,
                 env=self.env,
+                preexec_fn=die_with_parent,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

@@ -57,6 +57,7 @@ def test_a_loose_sla_passes_with_a_complete_report(
     assert report.passed and report.reasons == []
     assert report.percentile == 95
     assert report.device and report.device.startswith("cpu: ")
+    assert report.device.endswith("; trained with transformers")  # metrics.json's backend
     assert (report.backend, report.dtype, report.merged_adapter) == (
         "transformers",
         "float32",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,13 +10,21 @@ import pytest
 
 from finetune_core.api import Metrics
 from finetune_core.gate import judge
-from finetune_core.layout import RunPaths, current_alias
-from finetune_core.promotion import PromotionError, promote, read_champion
+from finetune_core.layout import AliasPaths, CurrentAlias, RunPaths
+from finetune_core.promotion import (
+    ChampionChanged,
+    PromotionError,
+    promote,
+    read_champion,
+    rollback,
+)
 from finetune_core.store import ArtifactStore, LocalStore
+from tests.support.cli import finetune
 from tests.unit.benchmark.builders import make_report, make_spec, profile
 
 SPEC = make_spec()
-MODEL_DIR = "models/smollm2-135m"
+ALIAS = AliasPaths("ml", "smollm2-135m")
+MODEL_DIR = ALIAS.prefix
 FIRST, SECOND = RunPaths("ml", "agent", 1), RunPaths("ml", "agent", 2)
 
 
@@ -40,7 +49,7 @@ def test_promotion_copies_the_run_and_moves_the_alias(store: ArtifactStore) -> N
     now = datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC)
     uri = promote(store, FIRST, SPEC, now=now)
 
-    target = f"{MODEL_DIR}/ml-agent-g1"
+    target = f"{MODEL_DIR}/agent-g1"
     assert uri == store.uri(target)
     assert sorted(store.list(target)) == [
         f"{target}/README.md",
@@ -54,11 +63,12 @@ def test_promotion_copies_the_run_and_moves_the_alias(store: ArtifactStore) -> N
     )
     card = store.get_bytes(f"{target}/README.md").decode()
     assert "| question | n/a | 3.1 | 3.4 | 10 |" in card
-    assert store.get_json(current_alias("smollm2-135m")) == {
-        "version": "ml-agent-g1",
+    assert store.get_json(ALIAS.current) == {
+        "version": "agent-g1",
         "uri": uri,
         "promotedAt": "2026-02-03T04:05:06Z",
         "evalLoss": 1.2,
+        "action": "promote",
         "previous": [],
     }
 
@@ -70,12 +80,12 @@ def test_a_second_promotion_keeps_the_first_and_repeats_add_nothing(store: Artif
     second_uri = promote(store, SECOND, SPEC)
     promote(store, SECOND, SPEC)  # a retried promotion
 
-    champion = read_champion(store, "smollm2-135m")
+    champion = read_champion(store, ALIAS)
     assert champion is not None
-    assert (champion.version, champion.uri, champion.eval_loss) == ("ml-agent-g2", second_uri, 1.1)
-    assert [entry["version"] for entry in champion.previous] == ["ml-agent-g1"]
+    assert (champion.version, champion.uri, champion.eval_loss) == ("agent-g2", second_uri, 1.1)
+    assert [entry["version"] for entry in champion.previous] == ["agent-g1"]
     assert champion.previous[0]["uri"] == first_uri
-    assert store.exists(f"{MODEL_DIR}/ml-agent-g1/adapter/adapter_model.safetensors")
+    assert store.exists(f"{MODEL_DIR}/agent-g1/adapter/adapter_model.safetensors")
 
 
 def test_with_require_improvement_a_worse_challenger_is_rejected(store: ArtifactStore) -> None:
@@ -85,24 +95,24 @@ def test_with_require_improvement_a_worse_challenger_is_rejected(store: Artifact
     challenger = Metrics(eval_loss=1.35, base_eval_loss=1.5)
     report = make_report(profile("question", 3.1, 3.4, 10), profile("answer", 1.0, 1.2, 6))
 
-    verdict = judge(report, spec, challenger, read_champion(store, "smollm2-135m"))
+    verdict = judge(report, spec, challenger, read_champion(store, ALIAS))
     assert not verdict.passed
     assert verdict.reason == "NoImprovement"
     assert "1.35" in verdict.message and "1.2" in verdict.message
-    assert "ml-agent-g1" in verdict.message
+    assert "agent-g1" in verdict.message
 
 
 def test_nothing_is_promoted_without_an_adapter(store: ArtifactStore) -> None:
     store.put_json(FIRST.metrics, Metrics(eval_loss=1.0).to_wire())
     with pytest.raises(PromotionError, match="no adapter to promote"):
         promote(store, FIRST, SPEC)
-    assert read_champion(store, "smollm2-135m") is None
+    assert read_champion(store, ALIAS) is None
 
 
 def test_an_unreadable_alias_is_an_error_naming_it(store: ArtifactStore) -> None:
-    store.put_json(current_alias("smollm2-135m"), {"version": "x"})
+    store.put_json(ALIAS.current, {"version": "x"})
     with pytest.raises(PromotionError, match=r"current\.json is not a valid alias"):
-        read_champion(store, "smollm2-135m")
+        read_champion(store, ALIAS)
 
 
 class RecordingStore(LocalStore):
@@ -122,5 +132,94 @@ def test_the_alias_is_written_after_the_whole_copy(tmp_path: Path) -> None:
     finished_run(store, FIRST, eval_loss=1.2)
     store.writes.clear()
     promote(store, FIRST, SPEC)
-    assert store.writes[-1] == current_alias("smollm2-135m")
-    assert {key for key in store.writes[:-1]} == set(store.list(f"{MODEL_DIR}/ml-agent-g1"))
+    assert store.writes[-1] == ALIAS.current
+    assert {key for key in store.writes[:-1]} == set(store.list(f"{MODEL_DIR}/agent-g1"))
+
+
+def test_aliases_are_per_namespace_and_named_by_the_spec(store: ArtifactStore) -> None:
+    """Another team's run of the same base model never touches this team's alias."""
+    other = RunPaths("team-b", "agent", 1)
+    finished_run(store, FIRST, eval_loss=1.2)
+    finished_run(store, other, eval_loss=0.9)
+    promote(store, FIRST, SPEC)
+    named = make_spec(alias="cerberus")
+    uri = promote(store, other, named)
+    assert uri == store.uri("models/team-b/cerberus/agent-g1")
+    assert read_champion(store, ALIAS).version == "agent-g1"  # type: ignore[union-attr]
+    assert read_champion(store, AliasPaths("team-b", "smollm2-135m")) is None
+
+
+def test_an_alias_in_the_old_layout_is_read_and_carried_over(store: ArtifactStore) -> None:
+    """Before aliases were per namespace, current.json lived at models/<model>/: it is read
+    as the champion until the first promotion writes the new place, with its history."""
+    old = CurrentAlias(version="ml-agent-g1", uri="s3://old/x", promoted_at="t", eval_loss=1.0)
+    store.put_json(ALIAS.legacy_current, old.to_wire())
+    assert read_champion(store, ALIAS) == old
+    finished_run(store, SECOND, eval_loss=0.8)
+    promote(store, SECOND, SPEC)
+    champion = read_champion(store, ALIAS)
+    assert champion is not None and champion.version == "agent-g2"
+    assert [entry["version"] for entry in champion.previous] == ["ml-agent-g1"]
+
+
+def test_a_retried_promotion_never_displaces_a_newer_champion(store: ArtifactStore) -> None:
+    finished_run(store, FIRST, eval_loss=1.2)
+    finished_run(store, SECOND, eval_loss=1.1)
+    promote(store, FIRST, SPEC)
+    promote(store, SECOND, SPEC)
+    promote(store, FIRST, SPEC)  # the first run's promotion retried after a crash
+    champion = read_champion(store, ALIAS)
+    assert champion is not None and champion.version == "agent-g2"
+
+
+def test_promotion_gates_again_against_the_champion_read_before_the_write(
+    store: ArtifactStore,
+) -> None:
+    """A better model promoted since the run was gated wins: the run is rejected."""
+    finished_run(store, FIRST, eval_loss=0.9)
+    finished_run(store, SECOND, eval_loss=1.1)
+    promote(store, FIRST, SPEC)
+    with pytest.raises(ChampionChanged) as lost:
+        promote(store, SECOND, make_spec(require_improvement=True))
+    assert lost.value.verdict.reason == "NoImprovement"
+    assert read_champion(store, ALIAS).version == "agent-g1"  # type: ignore[union-attr]
+
+
+def test_concurrent_promotions_to_one_alias_lose_no_entry(store: ArtifactStore) -> None:
+    """Eight runs promoted at once: every one ends up current or in the history."""
+    runs = [RunPaths("ml", f"agent{index}", 1) for index in range(8)]
+    for run in runs:
+        finished_run(store, run, eval_loss=1.0)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda run: promote(store, run, SPEC), runs))
+    champion = read_champion(store, ALIAS)
+    assert champion is not None
+    versions = [champion.version] + [str(entry["version"]) for entry in champion.previous]
+    assert sorted(versions) == sorted(run.version for run in runs)
+
+
+def test_rollback_goes_back_and_records_it(store: ArtifactStore) -> None:
+    finished_run(store, FIRST, eval_loss=1.2)
+    finished_run(store, SECOND, eval_loss=1.1)
+    first_uri = promote(store, FIRST, SPEC)
+    promote(store, SECOND, SPEC)
+    back = rollback(store, ALIAS)
+    assert (back.version, back.uri, back.action) == ("agent-g1", first_uri, "rollback")
+    assert [entry["version"] for entry in back.previous] == ["agent-g2"]
+    assert read_champion(store, ALIAS) == back
+    with pytest.raises(PromotionError, match="not an earlier version"):
+        rollback(store, ALIAS, "agent-g7")
+
+
+def test_finetune_rollback_moves_the_alias_back(local_store: LocalStore) -> None:
+    finished_run(local_store, FIRST, eval_loss=1.2)
+    finished_run(local_store, SECOND, eval_loss=1.1)
+    promote(local_store, FIRST, SPEC)
+    promote(local_store, SECOND, SPEC)
+    where = ["--store", local_store.uri()]
+    wrong = finetune("rollback", "ml/smollm2-135m", "agent-g9", *where, timeout=120)
+    assert wrong.returncode == 1 and "agent-g9 is not an earlier version" in wrong.stdout
+    done = finetune("rollback", "ml/smollm2-135m", *where, timeout=120)
+    assert done.returncode == 0, done.stdout
+    assert "now points at agent-g1" in " ".join(done.stdout.split())
+    assert read_champion(local_store, ALIAS).version == "agent-g1"  # type: ignore[union-attr]

@@ -38,6 +38,9 @@ FTJ_URL = f"/apis/finetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs"
 JOBS_URL = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
 PODS_URL = f"/api/v1/namespaces/{NAMESPACE}/pods"
 TIMEOUT = 20.0
+# The Job controller stamps startTime when a Job starts; kube-apiserver refuses a finished
+# Job without it.
+JOB_STARTED = "2025-12-31T23:59:00Z"
 
 
 def declare_resources(api: ApiServer) -> None:
@@ -109,6 +112,8 @@ class Cluster:
     settings: OperatorSettings | None = None  # for an operator in a thread (start_operator)
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     operator: OperatorThread | None = None
+    # A real API server applies the CRD's schema: it refuses what the schema forbids.
+    validates_schema = False
 
     # ---------------------------------------------------------------- the operator
 
@@ -232,6 +237,15 @@ class Cluster:
         )
         return created
 
+    async def delete(self, name: str) -> None:
+        """Delete a FineTuneJob (the operator's finalizer goes first, as on a cluster)."""
+        await self._request("DELETE", f"{FTJ_URL}/{name}", None, "application/json")
+        await self.wait_for(lambda: self.absent(name), f"{name} deleted")
+
+    def absent(self, name: str) -> bool:
+        key = (FINETUNEJOBS, NAMESPACE, name)
+        return key not in self.api.objects or self.api.objects[key].deleted
+
     async def patch(self, name: str, patch: Mapping[str, Any]) -> None:
         await self._request(
             "PATCH", f"{FTJ_URL}/{name}", dict(patch), "application/merge-patch+json"
@@ -255,8 +269,17 @@ class Cluster:
             "application/merge-patch+json",
         )
 
+    async def admit(self, job: str) -> None:
+        """What Kueue does when the queue admits a suspended Job."""
+        await self._request(
+            "PATCH",
+            f"{JOBS_URL}/{job}",
+            {"spec": {"suspend": False}},
+            "application/merge-patch+json",
+        )
+
     async def job_running(self, job: str) -> None:
-        await self.job_status(job, {"active": 1, "ready": 1})
+        await self.job_status(job, {"active": 1, "ready": 1, "startTime": JOB_STARTED})
 
     async def job_succeeded(self, job: str) -> None:
         """What the Job controller writes when the pod exited 0."""
@@ -267,6 +290,7 @@ class Cluster:
                 "active": 0,
                 "ready": 0,
                 "succeeded": 1,
+                "startTime": JOB_STARTED,
                 "completionTime": now,
                 "conditions": [
                     {
@@ -295,6 +319,7 @@ class Cluster:
                 "active": 0,
                 "ready": 0,
                 "failed": 4,
+                "startTime": JOB_STARTED,
                 "conditions": [
                     {
                         "type": "FailureTarget",
@@ -314,10 +339,12 @@ class Cluster:
             },
         )
 
-    async def failed_pod(self, owner: str, generation: int, stage: StageName, message: str) -> None:
-        """A pod of the stage's Job whose container exited 1 with a termination message
-        (created, then given its status, as the kubelet would)."""
-        name = f"{stage_name(owner, generation, stage)}-x7k2p"
+    async def pod(
+        self, owner: str, generation: int, stage: StageName, phase: str, state: dict[str, Any]
+    ) -> None:
+        """A pod of the stage's Job, created and then given its status (its one container in
+        `state`), as the Job controller and the kubelet would."""
+        name = f"{stage_name(owner, generation, stage)}-{phase.lower()[:5]}"
         await self._request(
             "POST",
             PODS_URL,
@@ -329,23 +356,30 @@ class Cluster:
             },
             "application/json",
         )
+        container = {"name": "trainer", "state": state}
+        await self._request(
+            "PATCH",
+            f"{PODS_URL}/{name}/status",
+            {"status": {"phase": phase, "containerStatuses": [container]}},
+            "application/merge-patch+json",
+        )
+
+    async def failed_pod(self, owner: str, generation: int, stage: StageName, message: str) -> None:
+        """A pod whose container exited 1 with a termination message."""
         terminated = {
             "exitCode": 1,
             "reason": "Error",
             "message": message,
             "finishedAt": "2026-01-01T00:00:00Z",
         }
-        await self._request(
-            "PATCH",
-            f"{PODS_URL}/{name}/status",
-            {
-                "status": {
-                    "phase": "Failed",
-                    "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
-                }
-            },
-            "application/merge-patch+json",
-        )
+        await self.pod(owner, generation, stage, "Failed", {"terminated": terminated})
+
+    async def waiting_pod(
+        self, owner: str, generation: int, stage: StageName, reason: str, message: str
+    ) -> None:
+        """A pod whose container waits (ImagePullBackOff, ...)."""
+        waiting = {"reason": reason, "message": message}
+        await self.pod(owner, generation, stage, "Pending", {"waiting": waiting})
 
     # ---------------------------------------------------------------- the pods' files
 

@@ -61,7 +61,7 @@ async def on_cluster(cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
         await cluster.job_succeeded(job)
     status = await cluster.wait_for_phase(NAME, scenario.settles_in)
     if scenario.approve:
-        await cluster.patch(NAME, {"metadata": {"annotations": {APPROVE_ANNOTATION: "true"}}})
+        await cluster.patch(NAME, {"metadata": {"annotations": {APPROVE_ANNOTATION: "1"}}})
         status = await cluster.wait_for_phase(NAME, "Promoted")
     return status
 

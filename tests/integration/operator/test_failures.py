@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import TEST_CREDENTIALS
 from tests.integration.operator.harness import Cluster
 from tests.support.manifests import small_job
@@ -9,6 +11,12 @@ from tests.support.manifests import small_job
 
 async def test_invalid_spec_fails_naming_the_field_and_creates_no_job(cluster: Cluster) -> None:
     bad = small_job("typo", cluster.dataset, lora={"r": 0}, training={"learningRate": -1})
+    if cluster.validates_schema:  # the server refuses it, naming the same fields
+        with pytest.raises(AssertionError, match="422") as refused:
+            await cluster.create(bad)
+        assert "spec.lora.r" in str(refused.value)
+        assert "spec.training.learningRate" in str(refused.value)
+        return
     await cluster.create(bad)
 
     status = await cluster.wait_for_phase("typo", "Failed")
@@ -105,3 +113,24 @@ async def test_benchmark_past_its_deadline_fails_with_the_job_reason(cluster: Cl
     stalled = cluster.condition("late", "Stalled")
     assert stalled["reason"] == "DeadlineExceeded"
     assert stalled["message"] == ("benchmark failed: Job was active longer than specified deadline")
+
+
+async def test_a_pod_that_cannot_pull_its_image_fails_the_run_and_its_job_goes(
+    cluster: Cluster,
+) -> None:
+    """ImagePullBackOff past the operator's limit: Failed with the pod's reason and message,
+    and the Job (which holds a GPU reservation) deleted, instead of Pending forever."""
+    await cluster.create(small_job("no-image", cluster.dataset))
+    train = await cluster.wait_for_job("no-image", 1, "train")
+    await cluster.stop_operator()  # while the pod appears: no race with the limit below
+    await cluster.waiting_pod(
+        "no-image", 1, "train", "ImagePullBackOff", 'Back-off pulling image "registry.test/x"'
+    )
+    assert cluster.settings is not None
+    cluster.settings.stuck_pod_seconds = 0.5
+    cluster.start_operator()
+    await cluster.wait_for_phase("no-image", "Failed")
+    stalled = cluster.condition("no-image", "Stalled")
+    assert stalled["reason"] == "ImagePullBackOff"
+    assert "registry.test/x" in stalled["message"]
+    await cluster.wait_for(lambda: cluster.job(train["metadata"]["name"]) is None, "Job deleted")

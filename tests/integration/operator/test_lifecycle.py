@@ -64,13 +64,15 @@ async def test_passing_run_is_trained_benchmarked_and_promoted(cluster: Cluster)
     await cluster.job_succeeded(bench["metadata"]["name"])
 
     status = await cluster.wait_for_phase("agent", "Promoted")
-    version = f"{NAMESPACE}-agent-g1"
-    promoted = f"models/smollm2-135m/{version}"
+    version = "agent-g1"
+    promoted = f"models/{NAMESPACE}/smollm2-135m/{version}"
     assert status["promotedModel"] == cluster.store.uri(promoted)
     assert status["sla"] == "Passed"
     assert [p["name"] for p in status["benchmark"]["profiles"]] == ["question", "answer"]
     assert cluster.store.get_bytes(f"{promoted}/adapter/adapter_model.safetensors") == b"weights"
-    alias = CurrentAlias.model_validate(cluster.store.get_json("models/smollm2-135m/current.json"))
+    alias = CurrentAlias.model_validate(
+        cluster.store.get_json(f"models/{NAMESPACE}/smollm2-135m/current.json")
+    )
     assert alias.version == version
     ready = cluster.condition("agent", "Ready")
     assert (ready["status"], ready["observedGeneration"]) == ("True", 1)
@@ -124,7 +126,7 @@ async def test_failing_report_is_rejected_naming_the_profile(cluster: Cluster) -
     assert "question" not in stalled["message"]
     assert status["sla"] == "Failed"
     assert "promotedModel" not in status
-    assert not cluster.store.exists("models/smollm2-135m/current.json")
+    assert not cluster.store.exists(f"models/{NAMESPACE}/smollm2-135m/current.json")
 
 
 async def test_manual_policy_waits_for_the_approval_annotation(cluster: Cluster) -> None:
@@ -140,13 +142,20 @@ async def test_manual_policy_waits_for_the_approval_annotation(cluster: Cluster)
     status = await cluster.wait_for_phase("careful", "AwaitingApproval")
     assert status["sla"] == "Passed"
     assert APPROVE_ANNOTATION in status["message"]
-    assert not cluster.store.exists("models/smollm2-135m/current.json")
+    assert not cluster.store.exists(f"models/{NAMESPACE}/smollm2-135m/current.json")
 
+    # "true" (the old form) approves nothing: a Warning says which value would.
     await cluster.patch("careful", {"metadata": {"annotations": {APPROVE_ANNOTATION: "true"}}})
+    await cluster.wait_for(
+        lambda: "InvalidApproval" in cluster.event_reasons("careful"), "an InvalidApproval Event"
+    )
+    assert cluster.status("careful")["phase"] == "AwaitingApproval"
+    await cluster.patch("careful", {"metadata": {"annotations": {APPROVE_ANNOTATION: "1"}}})
     status = await cluster.wait_for_phase("careful", "Promoted")
-    assert "approved" in status["message"]
-    alias = cluster.store.get_json("models/smollm2-135m/current.json")
-    assert alias["version"] == f"{NAMESPACE}-careful-g1"
+    assert "generation 1 approved" in status["message"]
+    assert status["approvedGeneration"] == 1
+    alias = cluster.store.get_json(f"models/{NAMESPACE}/smollm2-135m/current.json")
+    assert alias["version"] == "careful-g1"
 
 
 async def test_spec_edit_starts_a_new_generation_and_records_the_old_run(
@@ -175,3 +184,75 @@ async def test_spec_edit_starts_a_new_generation_and_records_the_old_run(
     )
     assert [job["metadata"]["name"] for job in cluster.jobs("gitops")] == ["gitops-g2-train"]
     assert cluster.condition("gitops", "Ready")["observedGeneration"] == 2
+
+
+async def test_a_recreated_job_never_reads_or_adopts_its_predecessors_run(
+    cluster: Cluster,
+) -> None:
+    """kubectl delete + kubectl apply of a changed spec: the old Job and run directory belong
+    to the deleted object. The new one moves the directory aside, waits for the old Job to
+    be deleted, and trains and gates on its own results only."""
+    await cluster.create(small_job("again", cluster.dataset))
+    old_train = await cluster.wait_for_job("again", 1, "train")
+    old_uid = cluster.ftj("again")["metadata"]["uid"]
+    run = cluster.run("again")
+    cluster.pod_trained(run, eval_loss=0.5)
+    await cluster.job_succeeded(old_train["metadata"]["name"])
+    await cluster.wait_for_job("again", 1, "benchmark")
+    # The emulator has no garbage collector: the old Jobs stay, as they do for a while in a
+    # cluster (or for good, when the owner was deleted with --cascade=orphan).
+    await cluster.delete("again")
+    await cluster.create(small_job("again", cluster.dataset, lora={"r": 32}))
+    new_uid = cluster.ftj("again")["metadata"]["uid"]
+    assert new_uid != old_uid
+
+    new_train = await cluster.wait_for(
+        lambda: (
+            (job := cluster.job("again-g1-train"))
+            and job["metadata"]["ownerReferences"][0]["uid"] == new_uid
+            and job
+        ),
+        "a training Job owned by the new object",
+    )
+    assert cluster.job("again-g1-bench") is None  # the predecessor's was deleted too
+    moved = f"runs/{NAMESPACE}/again/superseded/{old_uid}/g1"
+    assert cluster.store.exists(f"{moved}/metrics.json")
+    config = RunConfig.model_validate(cluster.store.get_json(run.config))
+    assert (config.uid, config.spec.lora_r) == (new_uid, 32)
+    assert not cluster.store.exists(run.metrics)
+    await cluster.job_running(new_train["metadata"]["name"])
+    status = await cluster.wait_for_phase("again", "Training")
+    assert status.get("metrics") is None
+
+
+async def test_a_queued_job_waits_for_kueue_and_then_runs(cluster: Cluster) -> None:
+    """Both Jobs are created suspended in the queue; the run says it waits in the queue
+    until Kueue admits the Job (the test un-suspends it, as Kueue would), then goes on."""
+    await cluster.create(small_job("queued", cluster.dataset, scheduling={"queueName": "mi300x"}))
+    run = cluster.run("queued")
+    train = await cluster.wait_for_job("queued", 1, "train")
+    assert train["spec"]["suspend"] is True
+    assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "mi300x"
+    await cluster.wait_for(
+        lambda: cluster.condition("queued", "Reconciling")["reason"] == "Queued", "Queued"
+    )
+    assert cluster.status("queued")["phase"] == "Pending"
+    assert "queue mi300x" in cluster.condition("queued", "Reconciling")["message"]
+
+    await cluster.admit(train["metadata"]["name"])
+    await cluster.job_running(train["metadata"]["name"])
+    await cluster.wait_for_phase("queued", "Training")
+    cluster.pod_trained(run)
+    await cluster.job_succeeded(train["metadata"]["name"])
+
+    bench = await cluster.wait_for_job("queued", 1, "benchmark")
+    assert bench["spec"]["suspend"] is True
+    await cluster.wait_for(
+        lambda: cluster.condition("queued", "Reconciling")["reason"] == "Queued",
+        "the benchmark Queued",
+    )
+    assert cluster.status("queued")["phase"] == "Benchmarking"
+    await cluster.admit(bench["metadata"]["name"])
+    cluster.pod_benchmarked(run)
+    await cluster.job_succeeded(bench["metadata"]["name"])
+    await cluster.wait_for_phase("queued", "Promoted")

@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 M = TypeVar("M", bound=BaseModel)
 RUN = RunPaths("local", "quickstart", 1)
-MODEL = "smollm2-135m"
+MODEL = "local/smollm2-135m"  # the namespace, then the alias
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ names the problem, before the model is loaded where possible."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from finetune_core.exit_codes import EXIT_INVALID_INPUT
 from finetune_core.layout import RunPaths
-from finetune_core.store import LocalStore
+from finetune_core.store import LocalStore, S3Store
 from tests.integration.trainer.harness import small_spec, trainer_env, write_run
 
 PATHS = RunPaths("ml", "bad", 1)
@@ -109,3 +110,19 @@ def test_unknown_target_modules_name_the_modules_the_model_has(tmp_path: Path) -
     )
     assert "k_proj, lm_head, o_proj, q_proj, up_proj, v_proj" in error["message"]
     assert not store.exists(PATHS.metrics)
+
+
+def test_a_dataset_rewritten_under_its_pinned_sha256_fails_before_training(
+    tmp_path: Path, s3_store: S3Store
+) -> None:
+    """spec.dataset.sha256 pins the content: the same URI with other bytes is not trained on."""
+    s3_store.put_bytes("data/v3.jsonl", ((json.dumps(GOOD) + "\n") * 4).encode())
+    pinned = hashlib.sha256(b"what the author reviewed").hexdigest()
+    spec = small_spec(f"s3://{s3_store.bucket}/data/v3.jsonl")
+    spec["dataset"]["sha256"] = pinned
+    run_uri = write_run(s3_store, PATHS, spec)
+    result = finetune_train(run_uri)
+    assert result.returncode == EXIT_INVALID_INPUT, result.stderr
+    error = s3_store.get_json(PATHS.error)
+    assert error["reason"] == "DatasetChanged"
+    assert pinned in error["message"] and "v3.jsonl" in error["message"]

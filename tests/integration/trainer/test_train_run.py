@@ -123,6 +123,7 @@ def test_metrics_contract_and_the_adapter_beats_the_base_model(run: TrainedRun) 
         "trainRows",
         "evalRows",
         "truncatedRows",
+        "backend",
     } <= set(wire)
     metrics = Metrics.model_validate(wire)
     assert metrics.eval_loss is not None and metrics.base_eval_loss is not None
@@ -132,6 +133,8 @@ def test_metrics_contract_and_the_adapter_beats_the_base_model(run: TrainedRun) 
     assert metrics.dataset_sha256 == hashlib.sha256(run.dataset.read_bytes()).hexdigest()
     assert metrics.train_tokens is not None and metrics.train_tokens > 0
     assert metrics.truncated_rows == expected_truncated(run.dataset, 128)
+    assert metrics.backend == "transformers"  # FINETUNE_BACKEND unset: auto, on a CPU
+    assert metrics.dataset_etag == run.store.etag("datasets/devassist-short.jsonl")
 
 
 def expected_truncated(dataset: Path, max_seq_length: int) -> int:

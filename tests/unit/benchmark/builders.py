@@ -16,6 +16,7 @@ def make_spec(
     sla: list[dict[str, Any]] | None = None,
     percentile: int = 95,
     require_improvement: bool = False,
+    alias: str | None = None,
 ) -> ResolvedSpec:
     return FineTuneJobSpec.model_validate(
         {
@@ -26,7 +27,7 @@ def make_spec(
                 "percentile": percentile,
                 "sla": SLA if sla is None else sla,
             },
-            "promotion": {"requireImprovement": require_improvement},
+            "promotion": {"requireImprovement": require_improvement, "alias": alias},
         }
     ).resolve()
 

@@ -13,7 +13,9 @@ import torch
 from finetune_core.api import RunConfig
 from finetune_core.layout import RunPaths
 from finetune_core.store import LocalStore
-from finetune_trainer.benchmark import TokenClock, generation_options, main, up_to_last_user_turn
+from finetune_trainer.benchmark import main
+from finetune_trainer.prompts import up_to_last_user_turn
+from finetune_trainer.timing import TokenClock, generation_options
 from tests.unit.benchmark.builders import make_spec
 
 RUN = RunPaths("ml", "agent", 1)

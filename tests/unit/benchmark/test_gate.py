@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from finetune_core.api import Metrics
+import pytest
+from pydantic import ValidationError
+
+from finetune_core.api import FineTuneJobSpec, Metrics
 from finetune_core.gate import judge
 from finetune_core.layout import CurrentAlias
 from tests.unit.benchmark.builders import SLA, make_report, make_spec, profile
@@ -71,10 +74,32 @@ def test_limit_equal_to_the_percentile_passes() -> None:
     assert judge(make_report(profile("answer", 5, 6.0, 6)), make_spec(ANSWER), None, None).passed
 
 
-def test_no_profiles_means_nothing_to_miss() -> None:
-    verdict = judge(make_report(), make_spec(sla=[]), None, None)
-    assert verdict.passed
-    assert verdict.message == "no SLA profiles to meet"
+def test_no_profiles_is_refused_and_never_passes_the_gate() -> None:
+    """An explicit `sla: []` is invalid: a gate with nothing to measure would pass anything."""
+    with pytest.raises(ValidationError, match="at least 1 item"):
+        make_spec(sla=[])
+    spec = make_spec()
+    spec.benchmark.sla.clear()  # as if it had slipped past validation
+    verdict = judge(make_report(), spec, None, None)
+    assert not verdict.passed and verdict.message == "no SLA profiles to measure"
+
+
+def test_an_omitted_benchmark_gets_the_seed_plans_two_profiles() -> None:
+    spec = FineTuneJobSpec.model_validate(
+        {"model": {"preset": "phi-4"}, "dataset": {"uri": "s3://datasets/a.jsonl"}}
+    )
+    assert [(p.name, p.max_new_tokens, p.max_latency_seconds) for p in spec.benchmark.sla] == [
+        ("question", 200, 10),
+        ("answer", 50, 6),
+    ]
+
+
+def test_a_non_finite_percentile_counts_as_not_measured() -> None:
+    report = make_report(profile("question", 1, 2, 10), profile("answer", 1, 2, 6))
+    # NaN cannot pass validation (model_copy does not validate); the gate must not trust it.
+    report.profiles[1] = report.profiles[1].model_copy(update={"p95": float("nan")})
+    verdict = judge(report, make_spec(), None, None)
+    assert not verdict.passed and "answer: not measured" in verdict.message
 
 
 # ---------------------------------------------------------------- requireImprovement

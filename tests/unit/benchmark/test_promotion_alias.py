@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from finetune_core.api import Metrics
+from finetune_core.clock import timestamp
 from finetune_core.layout import RunPaths
-from finetune_core.promotion import model_card, next_alias, timestamp
+from finetune_core.promotion import model_card, next_alias
 from tests.unit.benchmark.builders import make_report, make_spec, profile
 
 
@@ -26,6 +27,7 @@ def test_the_first_promotion_has_no_history() -> None:
         "uri": "s3://b/models/m/ml-a-g1",
         "promotedAt": "2026-01-01T00:00:00Z",
         "evalLoss": 1.2,
+        "action": "promote",
         "previous": [],
     }
 
@@ -40,6 +42,7 @@ def test_a_second_promotion_keeps_the_first_in_previous() -> None:
             "uri": "s3://b/m/ml-a-g1",
             "promotedAt": "2026-01-01T00:00:00Z",
             "evalLoss": 1.2,
+            "action": "promote",
         }
     ]
 
@@ -70,7 +73,7 @@ def test_model_card_names_model_data_settings_metrics_and_sla() -> None:
         eval_loss=1.1, perplexity=3.0, base_eval_loss=1.5, dataset_sha256="ab" * 32, train_rows=90
     )
     card = model_card(run, make_spec(), "s3://b/models/smollm2-135m/ml-agent-g3", metrics, report)
-    assert card.startswith("# ml-agent-g3\n")
+    assert card.startswith("# agent-g3\n")
     assert "`HuggingFaceTB/SmolLM2-135M-Instruct` (preset `smollm2-135m`)" in card
     assert "Dataset sha256: `" + "ab" * 32 + "`" in card
     assert "| LoRA r / alpha / dropout | 16 / 32 / 0.05 |" in card

@@ -44,7 +44,7 @@ def inputs(name: str = "answer<&>", limit: float = 6.0, with_loss: bool = True) 
     report.device = "cpu: test, 2 threads"
     report.versions = {"torch": "2.13.0"}
     report.eval_loss, report.base_eval_loss = 1.1, 1.5
-    metrics = Metrics(eval_loss=1.1, base_eval_loss=1.5, dataset_sha256="f" * 64)
+    metrics = Metrics(eval_loss=1.1, base_eval_loss=1.5, dataset_sha256="f" * 64, backend="unsloth")
     verdict = judge(report, spec, metrics, None)
     return ReportInputs(
         run=RUN,
@@ -85,6 +85,8 @@ def test_the_page_shows_the_verdict_the_limit_and_the_numbers(
     assert "f" * 64 in page  # dataset hash
     assert "2.13.0" in page  # library versions
     assert "1.1000" in page and "1.5000" in page  # eval losses, adapter and base
+    trained = '<td class="name">Trained with</td><td class="name">unsloth</td>'
+    assert trained in page  # metrics.json's backend, beside the one that measured
 
 
 def test_the_charts_and_samples_are_stored_beside_the_page(

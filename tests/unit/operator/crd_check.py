@@ -76,8 +76,14 @@ def _rule_problems(schema: Schema, value: Any, path: str) -> list[str]:
 
 
 @cache
+def _schema() -> Schema:
+    """Generated once: generating it is most of the cost of a check."""
+    return open_api_schema()
+
+
+@cache
 def _validator() -> jsonschema.Draft4Validator:
-    return jsonschema.Draft4Validator(_closed(open_api_schema()))
+    return jsonschema.Draft4Validator(_closed(_schema()))
 
 
 def crd_problems(document: dict[str, Any]) -> list[str]:
@@ -86,4 +92,4 @@ def crd_problems(document: dict[str, Any]) -> list[str]:
         f"{_dotted(error.absolute_path)}: {error.message}"
         for error in _validator().iter_errors(document)
     ]
-    return problems + _rule_problems(open_api_schema(), document, "")
+    return problems + _rule_problems(_schema(), document, "")

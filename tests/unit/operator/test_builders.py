@@ -12,7 +12,7 @@ import pytest
 from finetune_core.api import MAX_NAME_LENGTH, FineTuneJobSpec
 from finetune_core.exit_codes import EXIT_INVALID_INPUT
 from finetune_core.lifecycle import StageName, stage_name
-from finetune_operator.builders import build_job
+from finetune_operator.builders import RUNTIME_ENV, build_job
 from finetune_operator.settings import OperatorSettings
 from tests.conftest import TEST_CREDENTIALS
 
@@ -36,12 +36,13 @@ RESOURCE_CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_spec(resources: dict[str, Any]) -> FineTuneJobSpec:
+def make_spec(resources: dict[str, Any], **sections: Any) -> FineTuneJobSpec:
     return FineTuneJobSpec.model_validate(
         {
             "model": {"preset": "phi-4"},
             "dataset": {"uri": "s3://datasets/agent1/curated-v1.jsonl"},
             "resources": resources,
+            **sections,
         }
     )
 
@@ -56,6 +57,7 @@ def job(
     uid: str | None = UID,
     config: OperatorSettings | None = None,
     run_uri: str = RUN_URI,
+    **sections: Any,
 ) -> dict[str, Any]:
     return build_job(
         stage,
@@ -63,7 +65,7 @@ def job(
         namespace="ml",
         generation=3,
         uid=uid,
-        spec=make_spec(resources if resources is not None else {"gpus": 1}),
+        spec=make_spec(resources if resources is not None else {"gpus": 1}, **sections),
         settings=config or settings(),
         run_uri=run_uri,
     )
@@ -84,6 +86,9 @@ def container(built: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("stage", ["train", "benchmark"])
 def test_jobs_are_valid_kubernetes_objects(stage: StageName, case: str, version: str) -> None:
     built = job(stage, RESOURCE_CASES[case])
+    assert kubernetes_validate.validate(built, version, strict=True) == version
+    everything = settings(image_pull_secrets=["registry"], hf_cache_claim="hf-models")
+    built = job(stage, RESOURCE_CASES[case], config=everything)
     assert kubernetes_validate.validate(built, version, strict=True) == version
 
 
@@ -151,6 +156,14 @@ def test_pods_are_locked_down(stage: StageName, case: str) -> None:
     assert container(built)["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert "hostNetwork" not in spec and "hostPID" not in spec and "hostIPC" not in spec
     assert all(set(volume) == {"name", "emptyDir"} for volume in spec["volumes"])
+    # Every emptyDir is bounded: a runaway cache evicts this pod, not its neighbours.
+    assert all("sizeLimit" in volume["emptyDir"] for volume in spec["volumes"])
+
+
+def mounted_under(path: str, mounts: dict[str, str]) -> str | None:
+    """The deepest mount that holds `path`, or None when it is on the (read-only) root."""
+    holders = [m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")]
+    return max(holders, key=len) if holders else None
 
 
 def test_writable_paths_are_volumes() -> None:
@@ -159,10 +172,69 @@ def test_writable_paths_are_volumes() -> None:
     mounts = {mount["mountPath"]: mount["name"] for mount in container(built)["volumeMounts"]}
     assert set(mounts.values()) == set(volumes)
     assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
-    assert "/tmp" in mounts
+    assert volumes[mounts["/tmp"]]["emptyDir"] == {"sizeLimit": "8Gi"}
+    assert volumes[mounts["/cache"]]["emptyDir"] == {"sizeLimit": "64Gi"}
     env = {item["name"]: item.get("value") for item in container(built)["env"]}
-    for variable in ["HOME", "HF_HOME"]:
-        assert any(env[variable].startswith(path) for path in mounts), variable
+    caches = [
+        "HOME",
+        "HF_HOME",
+        "XDG_CACHE_HOME",
+        "TORCHINDUCTOR_CACHE_DIR",
+        "TRITON_CACHE_DIR",
+        "UNSLOTH_COMPILE_LOCATION",
+    ]
+    for variable in caches:
+        assert mounted_under(env[variable], mounts) not in {None, "/dev/shm"}, variable
+
+
+def test_an_unknown_uid_still_has_a_user_name() -> None:
+    """getpass.getuser() reads LOGNAME/USER before the passwd file, which has no entry for
+    the pod's UID; torch's inductor cache path calls it."""
+    env = {item["name"]: item.get("value") for item in container(job())["env"]}
+    assert env["USER"] and env["LOGNAME"]
+    assert {name: env[name] for name in RUNTIME_ENV} == RUNTIME_ENV
+
+
+def test_size_limits_and_disk_request_from_the_settings() -> None:
+    config = settings(
+        cache_size_limit="200Gi", tmp_size_limit="1Gi", ephemeral_storage_request="50Gi"
+    )
+    for stage in ("train", "benchmark"):
+        built = job(stage, config=config)
+        limits = {v["name"]: v["emptyDir"].get("sizeLimit") for v in pod(built)["volumes"]}
+        assert limits == {"shm": "16Gi", "tmp": "1Gi", "cache": "200Gi"}
+        assert container(built)["resources"]["requests"]["ephemeral-storage"] == "50Gi"
+        # A request only: the emptyDirs' sizeLimits are what bound the pod's writes.
+        assert "ephemeral-storage" not in container(built)["resources"]["limits"]
+
+
+def test_hugging_face_cache_on_a_claim_when_configured() -> None:
+    assert all("persistentVolumeClaim" not in v for v in pod(job())["volumes"])
+    config = settings(hf_cache_claim="hf-models")
+    for stage in ("train", "benchmark"):
+        built = job(stage, config=config)
+        volumes = {volume["name"]: volume for volume in pod(built)["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in container(built)["volumeMounts"]}
+        env = {item["name"]: item.get("value") for item in container(built)["env"]}
+        holder = mounted_under(env["HF_HOME"], mounts)
+        assert holder == env["HF_HOME"]
+        assert volumes[mounts[holder]] == {
+            "name": "huggingface",
+            "persistentVolumeClaim": {"claimName": "hf-models"},
+        }
+        # The rest of the cache (HOME, compile caches) stays on the bounded emptyDir.
+        assert mounted_under(env["TRITON_CACHE_DIR"], mounts) == "/cache"
+        assert set(mounts.values()) == set(volumes)
+
+
+def test_image_pull_secrets_reach_both_pods() -> None:
+    assert "imagePullSecrets" not in pod(job())
+    config = settings(image_pull_secrets=["registry-a", "registry-b"])
+    for stage in ("train", "benchmark"):
+        assert pod(job(stage, config=config))["imagePullSecrets"] == [
+            {"name": "registry-a"},
+            {"name": "registry-b"},
+        ]
 
 
 def test_shm_size_from_the_spec_or_the_settings() -> None:
@@ -222,7 +294,7 @@ def test_image_and_service_account_from_the_settings() -> None:
 def test_gpu_job_gets_the_gpu_and_the_gpu_nodes() -> None:
     built = job(resources={"gpus": 2})
     assert container(built)["resources"] == {
-        "requests": {"amd.com/gpu": "2"},
+        "requests": {"amd.com/gpu": "2", "ephemeral-storage": "32Gi"},
         "limits": {"amd.com/gpu": "2"},
     }
     assert pod(built)["nodeSelector"] == {"amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM"}
@@ -236,7 +308,7 @@ def test_gpu_job_gets_the_gpu_and_the_gpu_nodes() -> None:
 
 def test_cpu_job_asks_for_no_gpu_and_no_gpu_nodes() -> None:
     built = job(resources={"gpus": 0})
-    assert "resources" not in container(built)
+    assert container(built)["resources"] == {"requests": {"ephemeral-storage": "32Gi"}}
     assert "nodeSelector" not in pod(built)
     assert "tolerations" not in pod(built)
 
@@ -245,7 +317,10 @@ def test_spec_resources_replace_the_operator_defaults() -> None:
     for gpus in (0, 1):
         built = job(resources={**OVERRIDES, "gpus": gpus})
         amounts = {"cpu": "16", "memory": "128Gi"} | ({"amd.com/gpu": "1"} if gpus else {})
-        assert container(built)["resources"] == {"requests": amounts, "limits": amounts}
+        assert container(built)["resources"] == {
+            "requests": amounts | {"ephemeral-storage": "32Gi"},
+            "limits": amounts,
+        }
         assert pod(built)["nodeSelector"] == {"pool": "cpu-large"}
         assert pod(built)["tolerations"] == OVERRIDES["tolerations"]
 
@@ -257,9 +332,16 @@ def test_retries_and_deadlines() -> None:
     assert train["spec"]["backoffLimit"] == 5
     assert bench["spec"]["backoffLimit"] == 1
     assert train["spec"]["activeDeadlineSeconds"] == 7200
-    assert "activeDeadlineSeconds" not in bench["spec"]
-    assert "activeDeadlineSeconds" not in job("train")["spec"]
+    # Without one in the spec, the operator's defaults: no Job runs forever.
+    defaults = OperatorSettings()
+    assert bench["spec"]["activeDeadlineSeconds"] == defaults.benchmark_deadline_seconds
+    assert job("train")["spec"]["activeDeadlineSeconds"] == defaults.train_deadline_seconds
+    short = settings(train_deadline_seconds=3600, benchmark_deadline_seconds=600)
+    assert job("train", config=short)["spec"]["activeDeadlineSeconds"] == 3600
+    assert job("benchmark", config=short)["spec"]["activeDeadlineSeconds"] == 600
     for built in (train, bench):
+        pod = built["spec"]["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] == defaults.termination_grace_seconds
         assert "ttlSecondsAfterFinished" not in built["spec"]  # the operator reads finished Jobs
 
 
@@ -275,3 +357,16 @@ def test_invalid_input_fails_the_job_without_retries(stage: StageName) -> None:
     assert {"type": "DisruptionTarget", "status": "True"} in rules[1]["onPodConditions"]
     assert rules[1]["action"] == "Ignore"
     assert container(job(stage))["name"] == "trainer"
+
+
+def test_a_queued_job_is_created_suspended_with_kueues_label() -> None:
+    """Kueue admits it against the queue's quota by un-suspending it."""
+    queued = job("train", scheduling={"queueName": "mi300x", "priorityClassName": "research"})
+    assert queued["spec"]["suspend"] is True
+    assert queued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "mi300x"
+    assert queued["spec"]["template"]["spec"]["priorityClassName"] == "research"
+    by_default = job("benchmark", config=settings(default_queue="team-a"))
+    assert by_default["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    plain = job("train")
+    assert "suspend" not in plain["spec"]
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]

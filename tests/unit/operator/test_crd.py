@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from finetune_core.api import MAX_NAME_LENGTH
+from finetune_core.syntax import LABEL_VALUE_PATTERN, QUANTITY_PATTERN
 from finetune_operator.crd import Schema, crd_dict, crd_yaml, node_at, structural_schema
 from tests.support.manifests import finetunejob
 
@@ -107,7 +108,12 @@ def test_crd_is_a_valid_kubernetes_object(version: str) -> None:
 
 
 def test_every_property_has_a_description() -> None:
-    missing = [path for path, node in properties(open_api_schema()) if not node.get("description")]
+    # metadata is the API server's own: it refuses a description there.
+    missing = [
+        path
+        for path, node in properties(open_api_schema())
+        if not node.get("description") and path != "metadata"
+    ]
     assert not missing, f"properties without a description (kubectl explain): {missing}"
     assert len(list(properties(open_api_schema()))) > 80  # the walk reaches the leaves
 
@@ -148,11 +154,9 @@ def test_schema_is_structural() -> None:
             for error in jsonschema.Draft4Validator(node).iter_errors(node["default"]):
                 problems.append(f"{path}: default {node['default']!r}: {error.message}")
     assert not problems, "\n".join(problems)
-    # Only name and generateName may be constrained in metadata.
-    assert open_api_schema()["properties"]["metadata"] == {
-        "type": "object",
-        "description": open_api_schema()["properties"]["metadata"]["description"],
-    }
+    # kube-apiserver accepts nothing in metadata but its type (and constraints on name and
+    # generateName): a description made it reject the whole CRD.
+    assert open_api_schema()["properties"]["metadata"] == {"type": "object"}
 
 
 def test_optional_and_bounded_fields_are_converted() -> None:
@@ -169,7 +173,17 @@ def test_optional_and_bounded_fields_are_converted() -> None:
     assert split["default"] == 0.1
     assert node_at(schema, "spec.training.precision")["enum"] == ["bf16", "fp16", "fp32"]
     assert node_at(schema, "spec.resources.nodeSelector")["additionalProperties"] == {
-        "type": "string"
+        "type": "string",
+        "maxLength": 63,
+        "pattern": LABEL_VALUE_PATTERN,
+    }
+    assert node_at(schema, "spec.resources.memory")["pattern"] == QUANTITY_PATTERN
+    assert node_at(schema, "spec.training.seed") | {"description": ""} == {
+        "description": "",
+        "type": "integer",
+        "default": 3407,
+        "minimum": 0,
+        "maximum": 2**32 - 1,
     }
     assert "smollm2-135m" in node_at(schema, "spec.model.preset")["enum"]
     assert node_at(schema, "spec")["required"] == ["model", "dataset"]
@@ -247,3 +261,21 @@ def test_conversion_refuses_what_a_structural_schema_cannot_say(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         structural_schema(model, "probe")
+
+
+def test_values_the_cluster_accepts_pass_the_new_rules() -> None:
+    resources = {
+        "cpu": "500m",
+        "memory": "64Gi",
+        "shmSize": "1.5Gi",
+        "nodeSelector": {"kubernetes.io/hostname": "node-1", "pool": ""},
+        "tolerations": [
+            {"operator": "Exists"},
+            {"key": "amd.com/gpu", "operator": "Exists", "value": "", "effect": "NoSchedule"},
+            {"key": "dedicated", "value": "ml", "effect": "NoExecute"},
+            {"key": "dedicated", "operator": "Equal", "value": ""},
+        ],
+    }
+    dataset = {"uri": "s3://datasets/v3.jsonl", "sha256": "0123456789abcdef" * 4}
+    training = {"seed": 2**32 - 1, "warmupSteps": 10000}
+    assert crd_problems(_job(resources=resources, dataset=dataset, training=training)) == []

@@ -27,6 +27,7 @@ EXPECTED_EXAMPLES = {
     "qwen3-challenger.yaml",
     "mistral-nemo-hybrid.yaml",
     "mistral-7b-instruct-cerberus.yaml",
+    "queued-phi4.yaml",
 }
 
 
@@ -69,6 +70,8 @@ class Case(NamedTuple):
 
 
 SLA = "spec.benchmark.sla"
+RES = "spec.resources"
+TOL = f"{RES}.tolerations[0]"
 INVALID = {
     "zero-learning-rate": Case("spec.training.learningRate", 0, True),
     "negative-learning-rate": Case("spec.training.learningRate", -1e-4, True),
@@ -93,6 +96,54 @@ INVALID = {
     "upper-case-name": Case("metadata.name", "Agent1", False),
     "underscore-name": Case("metadata.name", "agent_1", False),
     "name-too-long": Case("metadata.name", "a" * (MAX_NAME_LENGTH + 1), True),
+    # Values the API server or the store refuse (the operator would retry them forever).
+    "memory-in-gb": Case(f"{RES}.memory", "64GB", True),
+    "memory-in-millibytes": Case(f"{RES}.memory", "512m", False),
+    "cpu-in-words": Case(f"{RES}.cpu", "eight", True),
+    "zero-cpu": Case(f"{RES}.cpu", "0", False),
+    "negative-cpu": Case(f"{RES}.cpu", "-1", True),
+    "shm-lots": Case(f"{RES}.shmSize", "lots", True),
+    "cpu-as-number": Case(f"{RES}.cpu", 8, True),
+    "gpus-as-string": Case(f"{RES}.gpus", "1", True),
+    "node-selector-bad-key": Case(f"{RES}.nodeSelector", {"gpu type": "mi300x"}, False),
+    "node-selector-bad-prefix": Case(f"{RES}.nodeSelector", {"AMD.com/gpu": "x"}, False),
+    "node-selector-bad-value": Case(f"{RES}.nodeSelector", {"gpu": "mi 300x"}, True),
+    "toleration-exists-with-value": Case(
+        f"{RES}.tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}], True, TOL
+    ),
+    "toleration-equal-without-key": Case(
+        f"{RES}.tolerations", [{"operator": "Equal", "value": "x"}], True, TOL
+    ),
+    "toleration-no-key-no-operator": Case(
+        f"{RES}.tolerations", [{"effect": "NoSchedule"}], True, TOL
+    ),
+    "toleration-bad-key": Case(
+        f"{RES}.tolerations", [{"key": "a b", "operator": "Exists"}], False, f"{TOL}.key"
+    ),
+    "toleration-bad-value": Case(
+        f"{RES}.tolerations", [{"key": "a", "value": "b c"}], True, f"{TOL}.value"
+    ),
+    "too-many-tolerations": Case(f"{RES}.tolerations", [{"operator": "Exists"}] * 33, True),
+    "deadline-beyond-a-year": Case(f"{RES}.activeDeadlineSeconds", 365 * 86400 + 1, True),
+    "dataset-bucket-only": Case("spec.dataset.uri", "s3://datasets", False),
+    "dataset-folder": Case("spec.dataset.uri", "s3://datasets/v3/", False),
+    "dataset-bad-bucket": Case("spec.dataset.uri", "s3://Data_Sets/v3.jsonl", False),
+    "prompts-short-bucket": Case(f"{SLA}[0].prompts", "s3://p/prompts.jsonl", False),
+    "model-bad-bucket": Case("spec.model.name", "s3://M/qwen", False),
+    "dataset-sha256-short": Case("spec.dataset.sha256", "abc123", True),
+    "dataset-sha256-upper": Case("spec.dataset.sha256", "A" * 64, True),
+    "negative-seed": Case("spec.training.seed", -5, True),
+    "seed-beyond-32-bits": Case("spec.training.seed", 2**32, True),
+    "huge-warmup": Case("spec.benchmark.warmup", 1_000_000_000, True),
+    "too-many-samples": Case("spec.benchmark.samples", 1001, True),
+    "huge-warmup-steps": Case("spec.training.warmupSteps", 10001, True),
+    "infinite-epochs": Case("spec.training.epochs", float("inf"), True),
+    "learning-rate-above-one": Case("spec.training.learningRate", 3.0, True),
+    "boolean-as-string": Case("spec.promotion.requireImprovement", "yes", True),
+    "infinite-latency-limit": Case(f"{SLA}[0].maxLatencySeconds", float("inf"), True),
+    "namespace-upper-case": Case("metadata.namespace", "ML", False),
+    "namespace-path": Case("metadata.namespace", "../ml", False),
+    "namespace-too-long": Case("metadata.namespace", "n" * 64, False),
 }
 
 

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, Progress
-from finetune_core.layout import CurrentAlias, ErrorReport
+from finetune_core.layout import AliasPaths, CurrentAlias, ErrorReport
 from finetune_core.lifecycle import (
     APPROVE_ANNOTATION,
     NOTHING,
     RUN_HISTORY,
     Decision,
+    InvalidRunFile,
     Observation,
     Reads,
     RunFiles,
@@ -23,10 +24,11 @@ from finetune_core.lifecycle import (
     Step,
     decide,
     merge_patch,
+    retrying,
     stage_name,
 )
 from finetune_core.lifecycle import reads as lifecycle_reads
-from finetune_operator.builders import LABEL_JOB
+from finetune_operator.builders import LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
 from finetune_operator.observe import run_state, settled, stage_state, termination_message
 from tests.support.manifests import SMALL_SPEC, finetunejob
 
@@ -66,6 +68,7 @@ def job(
     ready: bool = False,
     reason: str = "",
     message: str = "",
+    owner: str = "u-1",
 ) -> dict[str, Any]:
     status: dict[str, Any] = {"active": 1, "ready": int(ready)} if outcome == "running" else {}
     if outcome == "succeeded":
@@ -85,7 +88,11 @@ def job(
             ],
         }
     return {
-        "metadata": {"name": stage_name(NAME, generation, stage), "labels": {LABEL_JOB: NAME}},
+        "metadata": {
+            "name": stage_name(NAME, generation, stage),
+            "labels": {LABEL_JOB: NAME, LABEL_MANAGED_BY: MANAGED_BY},
+            "ownerReferences": [{"kind": "FineTuneJob", "name": NAME, "uid": owner}],
+        },
         "status": status,
     }
 
@@ -428,11 +435,13 @@ def benchmarked(obj: dict[str, Any], **found: Any) -> Decision:
 def test_passing_benchmark_is_promoted_after_the_copy() -> None:
     obj = at_phase("Benchmarking")
     jobs = [job("train", outcome="succeeded"), job("benchmark", outcome="succeeded")]
-    assert reads(obj, jobs) == Reads(metrics=True, report=True, champion="smollm2-135m")
+    assert reads(obj, jobs) == Reads(
+        metrics=True, report=True, champion=AliasPaths("ml", "smollm2-135m")
+    )
     first = benchmarked(obj, report=report(), metrics=METRICS)
     assert first == Decision(promote=True)
 
-    uri = "s3://finetune/models/smollm2-135m/ml-agent-g1"
+    uri = "s3://finetune/models/ml/smollm2-135m/agent-g1"
     decision = benchmarked(obj, report=report(), metrics=METRICS, promoted_uri=uri)
     assert decision.status["phase"] == "Promoted"
     assert decision.status["promotedModel"] == uri
@@ -484,30 +493,89 @@ def test_promotion_error_fails_the_run() -> None:
     assert decision.events[0].reason == "PromotionFailed"
 
 
-def test_manual_policy_waits_for_the_annotation() -> None:
+def test_manual_policy_waits_for_an_approval_of_its_generation() -> None:
     obj = at_phase("Benchmarking", promotion={"policy": "manual"})
     decision = benchmarked(obj, report=report(), metrics=METRICS)
     assert decision.status["phase"] == "AwaitingApproval"
-    assert APPROVE_ANNOTATION in decision.status["message"]
+    assert f'{APPROVE_ANNOTATION}="1"' in decision.status["message"]
     waiting = applied(obj, decision)
     assert condition(waiting, "Reconciling")["status"] == "False"
     assert condition(waiting, "Ready")["status"] == "False"
     assert settled(waiting)
     assert decide(observe(waiting), LATER) == NOTHING
 
-    waiting["metadata"]["annotations"][APPROVE_ANNOTATION] = "true"
+    waiting["metadata"]["annotations"][APPROVE_ANNOTATION] = "1"
     assert not settled(waiting)
-    assert decide(observe(waiting), LATER) == Decision(promote=True)
-    uri = "s3://finetune/models/smollm2-135m/ml-agent-g1"
-    promoted = decide(observe(waiting, promoted_uri=uri), LATER)
+    found = {"report": report(), "metrics": METRICS}
+    assert reads(waiting, []) == Reads(
+        metrics=True, report=True, champion=AliasPaths("ml", "smollm2-135m")
+    )
+    assert decide(observe(waiting, **found), LATER) == Decision(promote=True)
+    uri = "s3://finetune/models/ml/smollm2-135m/agent-g1"
+    promoted = decide(observe(waiting, **found, promoted_uri=uri), LATER)
     assert promoted.status["phase"] == "Promoted"
-    assert promoted.status["message"] == f"approved; promoted to {uri}"
+    assert promoted.status["approvedGeneration"] == 1
+    assert promoted.status["message"].endswith(f"; generation 1 approved; promoted to {uri}")
+
+
+@pytest.mark.parametrize("value", ["true", "yes", "2", " 1"])
+def test_an_approval_of_another_form_or_generation_approves_nothing(value: str) -> None:
+    obj = at_phase("Benchmarking", promotion={"policy": "manual"})
+    waiting = applied(obj, benchmarked(obj, report=report(), metrics=METRICS))
+    waiting["metadata"]["annotations"][APPROVE_ANNOTATION] = value
+    decision = decide(observe(waiting), LATER)
+    assert not decision.promote
+    after = applied(waiting, decision)
+    assert after["status"]["phase"] == "AwaitingApproval"
+    assert condition(after, "Ready")["reason"] == "InvalidApproval"
+    assert '"1"' in after["status"]["message"] and "approves nothing" in after["status"]["message"]
+    [event] = decision.events
+    assert (event.type, event.reason) == ("Warning", "InvalidApproval")
+    # Said once: the next pass over the same annotation changes nothing and says nothing.
+    assert decide(observe(after), LATER) == NOTHING
+
+
+def test_approval_regates_against_the_champion_read_at_approval_time() -> None:
+    """Days may pass between the gate and the approval: a better champion promoted since
+    then wins, and the approved run is rejected instead of displacing it."""
+    obj = at_phase("Benchmarking", promotion={"policy": "manual", "requireImprovement": True})
+    waiting = applied(obj, benchmarked(obj, report=report(), metrics=METRICS))
+    assert waiting["status"]["phase"] == "AwaitingApproval"
+    waiting["metadata"]["annotations"][APPROVE_ANNOTATION] = "1"
+    better = CurrentAlias(version="other-g4", uri="s3://m/x", promoted_at="t", eval_loss=1.0)
+    found = {"report": report(), "metrics": METRICS, "champion": better}
+    decision = decide(observe(waiting, **found), LATER)
+    assert decision.status["phase"] == "Rejected"
+    assert "other-g4" in decision.status["message"]
 
 
 def test_approval_given_in_advance_promotes_at_once() -> None:
     obj = at_phase("Benchmarking", promotion={"policy": "manual"})
-    obj["metadata"]["annotations"][APPROVE_ANNOTATION] = "true"
+    obj["metadata"]["annotations"][APPROVE_ANNOTATION] = "1"
     assert benchmarked(obj, report=report()) == Decision(promote=True)
+
+
+def test_a_stale_approval_does_not_approve_a_new_generation() -> None:
+    obj = at_phase("Benchmarking", generation=2, promotion={"policy": "manual"})
+    obj["metadata"]["annotations"][APPROVE_ANNOTATION] = "1"
+    jobs = (job(stage, generation=2, outcome="succeeded") for stage in ("train", "benchmark"))
+    decision = decide(observe(obj, *jobs, report=report(), metrics=METRICS), NOW)
+    assert decision.status["phase"] == "AwaitingApproval"
+
+
+def test_a_non_finite_result_fails_the_run_and_promotes_nothing() -> None:
+    obj = at_phase("Benchmarking")
+    nan = InvalidRunFile("metrics.json", "metrics.json: evalLoss: not finite", non_finite=True)
+    decision = benchmarked(obj, report=report(), invalid=(nan,))
+    assert not decision.promote
+    assert (decision.status["phase"], decision.status["conditions"][0]["reason"]) == (
+        "Failed",
+        "NonFiniteLoss",
+    )
+    trained = decide(
+        observe(at_phase("Training"), job("train", outcome="succeeded"), invalid=(nan,)), NOW
+    )
+    assert (trained.status["phase"], trained.create) == ("Failed", None)
 
 
 # ------------------------------------------------------------------ new generations
@@ -540,7 +608,8 @@ def test_a_spec_edit_supersedes_the_running_generation() -> None:
     assert condition(started, "Reconciling")["observedGeneration"] == 2
     next_step = decide(observe(started, job("train", generation=1, ready=True)), NOW)
     assert next_step.create == "train"
-    assert next_step.delete == ()
+    # The old Job is still there (it takes time to go): deleted again until it is gone.
+    assert next_step.delete == ("agent-g1-train",)
 
 
 def test_runs_keep_the_newest_five_with_how_each_ended() -> None:
@@ -677,3 +746,50 @@ def test_nothing_happens_to_an_object_being_deleted() -> None:
     obj["metadata"]["deletionTimestamp"] = "2026-03-01T11:00:00Z"
     assert run_state(obj, [job("train", outcome="succeeded")]).step is Step.SETTLED
     assert decide(observe(obj, job("train", outcome="succeeded")), NOW) == NOTHING
+
+
+# ------------------------------------------------------------------ run identity
+
+
+def test_a_predecessors_job_is_deleted_not_adopted_and_ours_waits_for_it() -> None:
+    """Deleted and applied again with the same name: the old object's Job (another owner
+    UID) is not this run's; it is deleted, and ours is created once it is gone."""
+    obj = at_phase("Validating")
+    old = job("train", outcome="succeeded", owner="u-old")
+    state = run_state(obj, [old])
+    assert (state.train, state.leftovers) == (None, ("agent-g1-train",))
+    waiting = decide(observe(obj, old), NOW)
+    assert (waiting.create, waiting.delete, waiting.status) == (None, ("agent-g1-train",), {})
+    created = decide(observe(obj), NOW)
+    assert (created.create, created.delete) == ("train", ())
+
+
+def test_a_job_a_user_merely_labelled_is_neither_adopted_nor_deleted() -> None:
+    obj = at_phase("Training")
+    labelled = job("train", outcome="succeeded")
+    labelled["metadata"]["labels"].pop(LABEL_MANAGED_BY)
+    state = run_state(obj, [labelled])
+    assert (state.train, state.leftovers, state.superseded) == (None, (), ())
+    assert "agent-g1-train" not in decide(observe(obj, labelled), NOW).delete
+
+
+def test_a_stage_the_api_refuses_for_good_fails_the_run_with_the_servers_words() -> None:
+    refused = Observation(
+        state=run_state(at_phase("Validating")),
+        run_uri=run_uri(),
+        create_refused='403 Forbidden: jobs.batch is forbidden: User "x" cannot create',
+    )
+    decision = decide(refused, NOW)
+    assert (decision.create, decision.status["phase"]) == (None, "Failed")
+    assert decision.status["conditions"][0]["reason"] == "JobRejected"
+    assert "jobs.batch is forbidden" in decision.status["message"]
+
+
+def test_a_run_meeting_transient_faults_says_so_in_its_reconciling_condition() -> None:
+    training = run_state(at_phase("Training"))
+    decision = retrying(training, NOW, "retrying after 3 failed attempts; the last: timeout")
+    [reconciling] = [c for c in decision.status["conditions"] if c["type"] == "Reconciling"]
+    assert (reconciling["status"], reconciling["reason"]) == ("True", "Retrying")
+    assert reconciling["message"].endswith("the last: timeout")
+    assert "phase" not in decision.status and not decision.events
+    assert retrying(run_state(at_phase("Promoted")), NOW, "x") == NOTHING

@@ -13,8 +13,12 @@ from finetune_core.layout import (
     scan_checkpoints,
 )
 from finetune_core.store import ArtifactStore
+from finetune_trainer import checkpoints
 from finetune_trainer.checkpoints import (
+    BASE_EVAL_LOSS,
+    TRAIN_SECONDS,
     CheckpointSync,
+    ResumableState,
     read_state,
     to_delete,
     write_state,
@@ -65,55 +69,25 @@ def test_own_state_round_trip(tmp_path: Path) -> None:
     assert read_state(tmp_path) == {"baseEvalLoss": 2.5}
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest) -> ArtifactStore:
-    return request.getfixturevalue(f"{request.param}_store")
-
-
-def fake_checkpoint(directory: Path, step: int) -> Path:
-    directory.mkdir(parents=True)
-    (directory / "adapter_model.safetensors").write_bytes(bytes([step]) * 100)
-    (directory / "nested").mkdir()
-    (directory / "nested" / "state.json").write_text(f'{{"step": {step}}}')
-    return directory
-
-
-def test_upload_prune_and_download_newest(store: ArtifactStore, tmp_path: Path) -> None:
-    uploader = BackgroundUploader(first_retry_seconds=0.05)
-    sync = CheckpointSync(store, PATHS, uploader, tmp_path / "staging", keep=2)
-    # Left over from a killed pod: files without the marker, newer than anything complete.
-    store.put_bytes(f"{PREFIX}/step-7/adapter_model.safetensors", b"partial")
-    for step in (2, 4, 6):
-        local = fake_checkpoint(tmp_path / f"checkpoint-{step}", step)
-        sync.upload_later(step, local)
-    assert uploader.close(timeout=30)
-    assert sync.uploaded == [2, 4, 6]
-    assert sync.stored() == StoredCheckpoints(complete=[4, 6], incomplete=[])
-    assert not (tmp_path / "staging" / "step-6").exists()  # staged copies are removed
-
-    newest = sync.download_newest(tmp_path / "resume")
-    assert newest is not None and newest.step == 6
-    target = newest.path
-    assert target == tmp_path / "resume" / "checkpoint-6"
-    assert (target / "adapter_model.safetensors").read_bytes() == bytes([6]) * 100
-    assert (target / "nested" / "state.json").read_text() == '{"step": 6}'
-    assert not (target / CHECKPOINT_COMPLETE_MARKER).exists()
-
-
-def test_staged_copy_survives_the_trainer_deleting_its_checkpoint(
-    local_store: ArtifactStore, tmp_path: Path
-) -> None:
-    uploader = BackgroundUploader()
-    sync = CheckpointSync(local_store, PATHS, uploader, tmp_path / "staging", keep=3)
-    local = fake_checkpoint(tmp_path / "checkpoint-3", 3)
-    sync.upload_later(3, local)
-    for path in sorted(local.rglob("*"), reverse=True):  # what save_total_limit does
-        path.unlink() if path.is_file() else path.rmdir()
-    assert uploader.close(timeout=30)
-    assert local_store.get_bytes(f"{PREFIX}/step-3/adapter_model.safetensors") == bytes([3]) * 100
-
-
 def test_no_complete_checkpoint_means_no_resume(local_store: ArtifactStore, tmp_path: Path) -> None:
     local_store.put_bytes(f"{PREFIX}/step-9/adapter_model.safetensors", b"partial")
     sync = CheckpointSync(local_store, PATHS, BackgroundUploader(), tmp_path, keep=1)
     assert sync.download_newest(tmp_path / "resume") is None
+
+
+def test_resumable_state_carries_the_base_loss_and_adds_up_training_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = iter([100.0, 130.0, 1000.0, 1005.0])
+    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: next(clock))
+    first = ResumableState({})
+    assert first.get(BASE_EVAL_LOSS) is None and first.train_seconds() == 0.0
+    first.set(BASE_EVAL_LOSS, 2.5)
+    first.start_training_clock()  # 100
+    write_state(tmp_path, first.snapshot())  # at 130: 30 s trained
+    assert read_state(tmp_path) == {BASE_EVAL_LOSS: 2.5, TRAIN_SECONDS: 30.0}
+
+    resumed = ResumableState(read_state(tmp_path))  # a retried pod, its own clock
+    assert resumed.get(BASE_EVAL_LOSS) == 2.5  # not measured again
+    resumed.start_training_clock()  # 1000
+    assert resumed.train_seconds() == 35.0  # 30 s before, 5 s in this attempt

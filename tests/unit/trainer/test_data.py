@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from finetune_core.store import S3Store
 from finetune_trainer.data import (
     DatasetError,
     LineProblem,
@@ -143,11 +142,3 @@ def test_fetch_local_paths(tmp_path: Path) -> None:
     assert fetch(f"file://{path}", tmp_path / "x") == path
     with pytest.raises(DatasetError, match="no such file"):
         fetch(str(tmp_path / "missing.jsonl"), tmp_path / "x")
-
-
-def test_fetch_from_s3(s3_store: S3Store, tmp_path: Path) -> None:
-    s3_store.put_bytes("data/v3.jsonl", json.dumps(GOOD).encode())
-    local = fetch(f"s3://{s3_store.bucket}/data/v3.jsonl", tmp_path / "dl")
-    assert read_conversations(local) == [GOOD["messages"]]
-    with pytest.raises(DatasetError, match="no such object"):
-        fetch(f"s3://{s3_store.bucket}/data/missing.jsonl", tmp_path / "dl")

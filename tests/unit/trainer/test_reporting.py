@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, cast
 
@@ -66,6 +67,8 @@ def test_snapshot_has_every_contract_key() -> None:
     assert set(wire) == PROGRESS_CONTRACT_KEYS
     assert Progress.model_validate(wire) == progress
     assert (wire["step"], wire["totalSteps"], wire["tokensPerSecond"]) == (15, 25, 200.0)
+    # The project's one timestamp format: RFC 3339 in UTC with a Z, seconds precision.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", wire["updatedAt"])
 
 
 @pytest.mark.parametrize(("value", "seconds"), [(None, 15.0), ("2", 2.0), ("120", 30.0)])

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from finetune_operator.settings import OperatorSettings
-from tests.unit.deploy.k8s import (
+from tests.integration.deploy.k8s import (
     CRD_FILE,
     REPO,
     container_env,
@@ -83,6 +83,7 @@ def test_overlay_changes_only_its_settings_and_validates(
     }
     assert changed == {
         "trainer_image",
+        "image_pull_secrets",
         "store",
         "s3_endpoint",
         "supplemental_groups",
@@ -93,6 +94,7 @@ def test_overlay_changes_only_its_settings_and_validates(
     assert settings.s3_endpoint == "http://minio.minio.svc.cluster.local:9000"
     assert settings.supplemental_groups == [44, 992]
     assert settings.trainer_image.startswith("registry.example.com/")
+    assert settings.image_pull_secrets == ["registry-example-com"]
 
     (container,) = one(overlay, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "registry.example.com/ml-platform/finetune-operator:0.1.0"

@@ -10,14 +10,19 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tests.unit.deploy.k8s import (
+from finetune_core.api import FineTuneJobSpec
+from finetune_operator.builders import build_job
+from finetune_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
+from tests.integration.deploy.k8s import (
     CHART,
     CRD_FILE,
     KUBE_VERSIONS,
     RELEASE_NAMESPACE,
+    REPO,
     chart_values_file,
     container_env,
     find,
+    kustomize,
     one,
     operator_settings,
     render_chart,
@@ -91,6 +96,12 @@ def test_chart_crd_is_the_generated_crd() -> None:
         ({"logFormat": "xml"}, "/logFormat"),
         ({"metrics": {"port": 80000}}, "/metrics/port"),
         ({"trainer": {"shmSize": "lots"}}, "/trainer/shmSize"),
+        ({"trainer": {"cacheSizeLimit": "big"}}, "/trainer/cacheSizeLimit"),
+        ({"trainer": {"ephemeralStorageRequest": 5}}, "/trainer/ephemeralStorageRequest"),
+        ({"trainer": {"imagePullSecrets": ["regcred"]}}, "/trainer/imagePullSecrets/0"),
+        ({"trainer": {"imagePullSecrets": [{"name": "Reg_Cred"}]}}, "/trainer/imagePullSecrets"),
+        ({"trainer": {"huggingfaceCache": {"existingClaim": "HF"}}}, "/trainer/huggingfaceCache"),
+        ({"trainer": {"huggingfaceCache": {"claim": "hf"}}}, "/trainer/huggingfaceCache"),
         ({"storage": {"uri": "s3://typo"}}, "storage"),
         ({"rbac": {"scope": "namespaced"}}, "watchNamespaces"),
         ({"replicas": 0}, "/replicas"),
@@ -118,6 +129,11 @@ def test_operator_env_is_exactly_the_settings_and_parses(
     assert settings.supplemental_groups == trainer["supplementalGroups"]
     assert settings.run_as_user == trainer["runAsUser"]
     assert settings.shm_size == trainer["shmSize"]
+    assert settings.cache_size_limit == trainer["cacheSizeLimit"]
+    assert settings.tmp_size_limit == trainer["tmpSizeLimit"]
+    assert settings.ephemeral_storage_request == trainer["ephemeralStorageRequest"]
+    assert settings.hf_cache_claim == (trainer["huggingfaceCache"]["existingClaim"] or None)
+    assert settings.image_pull_secrets == [item["name"] for item in trainer["imagePullSecrets"]]
     assert settings.backoff_limit == trainer["backoffLimit"]
     assert settings.pod_service_account == (trainer["serviceAccountName"] or None)
     assert settings.store == store["uri"]
@@ -213,6 +229,59 @@ def test_notes_walk_through_the_first_job() -> None:
     positions = [notes.find(step) for step in steps]
     assert -1 not in positions, notes
     assert positions == sorted(positions), "NOTES.txt lists the steps out of order"
+
+
+def test_default_trainer_image_is_the_operators_default() -> None:
+    """A chart without trainer.image set and an operator without FINETUNE_TRAINER_IMAGE
+    run the same image, and so does the Kustomize base."""
+    deployment = one(render_chart(), "Deployment")
+    assert operator_settings(deployment).trainer_image == DEFAULT_TRAINER_IMAGE
+    assert OperatorSettings().trainer_image == DEFAULT_TRAINER_IMAGE
+    with helm.Chart.load(CHART) as chart:
+        app_version = chart.metadata["appVersion"]
+    assert DEFAULT_TRAINER_IMAGE.endswith(f":{app_version}")
+    base = one(kustomize(REPO / "manifests" / "kustomize" / "base"), "Deployment")
+    assert container_env(base)["FINETUNE_TRAINER_IMAGE"] == DEFAULT_TRAINER_IMAGE
+
+
+def test_chart_values_reach_the_training_and_benchmark_pods() -> None:
+    """Chart values -> operator environment -> the pods the operator builds, which
+    Kubernetes' own schemas accept."""
+    values = {
+        "trainer": {
+            "imagePullSecrets": [{"name": "regcred"}, {"name": "mirror"}],
+            "huggingfaceCache": {"existingClaim": "hf-cache"},
+            "cacheSizeLimit": "100Gi",
+            "tmpSizeLimit": "2Gi",
+            "ephemeralStorageRequest": "120Gi",
+        }
+    }
+    settings = operator_settings(one(render_chart(values), "Deployment"))
+    spec = FineTuneJobSpec.model_validate(
+        {"model": {"preset": "phi-4"}, "dataset": {"uri": "s3://datasets/agent1.jsonl"}}
+    )
+    for stage in ("train", "benchmark"):
+        job = build_job(
+            stage,
+            name="agent1",
+            namespace="ml",
+            generation=1,
+            uid=None,
+            spec=spec,
+            settings=settings,
+            run_uri="s3://finetune/runs/ml/agent1/g1",
+        )
+        assert schema_problems([job]) == []
+        pod = job["spec"]["template"]["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+        claims = [
+            v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        ]
+        assert claims == [{"claimName": "hf-cache"}]
+        limits = {v["name"]: v["emptyDir"]["sizeLimit"] for v in pod["volumes"] if "emptyDir" in v}
+        assert limits["cache"] == "100Gi" and limits["tmp"] == "2Gi"
+        (container,) = pod["containers"]
+        assert container["resources"]["requests"]["ephemeral-storage"] == "120Gi"
 
 
 def test_replicas_wait_for_the_lease_or_stay_one() -> None:

@@ -15,7 +15,7 @@ from finetune_core.api import FineTuneJobSpec
 from finetune_core.lifecycle import StageName
 from finetune_operator.builders import build_job
 from finetune_operator.settings import OperatorSettings
-from tests.unit.deploy.k8s import (
+from tests.integration.deploy.k8s import (
     REPO,
     chart_values_file,
     kustomize,
@@ -23,7 +23,7 @@ from tests.unit.deploy.k8s import (
     render_chart,
     schema_problems,
 )
-from tests.unit.deploy.pod_security import restricted_violations
+from tests.integration.deploy.pod_security import restricted_violations
 
 PodSpec = dict[str, Any]
 

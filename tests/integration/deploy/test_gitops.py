@@ -9,8 +9,8 @@ import lupa.lua51 as lua51
 import pytest
 import yaml
 
+from tests.integration.deploy.k8s import CRD_FILE, REPO, documents
 from tests.support.manifests import finetunejob
-from tests.unit.deploy.k8s import CRD_FILE, REPO, documents
 
 ARGOCD = REPO / "manifests" / "gitops" / "argocd"
 FLUX = REPO / "manifests" / "gitops" / "flux"
@@ -43,7 +43,7 @@ def job(generation: int, status: dict[str, Any] | None) -> dict[str, Any]:
         namespace="ml",
         generation=generation,
         status=status,
-        dataset={"uri": "s3://d/v3.jsonl"},
+        dataset={"uri": "s3://datasets/v3.jsonl"},
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.deploy.k8s import (
+from tests.integration.deploy.k8s import (
     RELEASE,
     RELEASE_NAMESPACE,
     REPO,
@@ -24,6 +24,8 @@ Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
 NAMESPACED_PERMISSIONS: set[Permission] = {
     *(("finetune.dev", "finetunejobs", verb) for verb in ("get", "list", "watch", "patch")),
     *(("finetune.dev", "finetunejobs/status", verb) for verb in ("get", "patch")),
+    # blockOwnerDeletion on the Jobs: admission may require update on the finalizers
+    ("finetune.dev", "finetunejobs/finalizers", "update"),
     # delete: the unfinished Jobs of a generation superseded by a spec change
     *(("batch", "jobs", verb) for verb in ("get", "list", "watch", "create", "delete")),
     *(("", "pods", verb) for verb in ("get", "list", "watch")),
