@@ -34,10 +34,11 @@ def created_jobs(cluster: Cluster) -> list[str]:
 
 
 async def test_a_conflict_on_job_creation_is_retried_not_taken_for_an_existing_job(
-    cluster: Cluster,
+    emulator_cluster: Cluster,
 ) -> None:
     """409 Conflict (not AlreadyExists) creates nothing: the operator must not record the
     Job as created, or the next pass finds it missing and fails the run (JobDeleted)."""
+    cluster = emulator_cluster
     cluster.api.faults = Faults(1.0, seed=0, kinds=("409",), only=job_posts, limit=1)
     await run_to_promoted(cluster, "conflicted")
     assert cluster.api.faults.injected == {"409": 1}
@@ -45,10 +46,11 @@ async def test_a_conflict_on_job_creation_is_retried_not_taken_for_an_existing_j
 
 
 async def test_a_stalled_job_creation_times_out_and_is_retried(
-    cluster: Cluster, settings: OperatorSettings
+    emulator_cluster: Cluster, settings: OperatorSettings
 ) -> None:
     """A request that hangs (here: 60 s, longer than the test waits for anything) must
     time out on the operator's side; the retry creates the Job and the run goes on."""
+    cluster = emulator_cluster
     cluster.settings = settings.model_copy(update={"api_timeout_seconds": 2.0})
     await cluster.restart_operator()
     cluster.api.faults = Faults(
@@ -59,10 +61,13 @@ async def test_a_stalled_job_creation_times_out_and_is_retried(
     assert created_jobs(cluster) == ["stalled-g1-train", "stalled-g1-bench"]
 
 
-async def test_errors_on_every_kind_of_request_only_delay_the_run(cluster: Cluster) -> None:
+async def test_errors_on_every_kind_of_request_only_delay_the_run(
+    emulator_cluster: Cluster,
+) -> None:
     """A seeded 20 % of the operator's requests (watches, reads, patches, creates, the
     Lease) fail with 500, 429 or 409 or stall briefly; the run still ends Promoted with one
     Job per stage."""
+    cluster = emulator_cluster
     cluster.api.faults = Faults(0.2, seed=7, stall_seconds=1.0)
     await run_to_promoted(cluster, "unlucky")
     assert cluster.api.faults.total > 0

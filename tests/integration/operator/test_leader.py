@@ -209,11 +209,12 @@ async def set_holder(cluster: Cluster, identity: str | None, duration: int) -> N
 
 
 async def test_a_leader_that_loses_the_lease_writes_nothing_until_it_leads_again(
-    cluster: Cluster, caplog: pytest.LogCaptureFixture
+    emulator_cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Another holder takes the Lease (a renewal that came too late, a partition): the
     operator stops kopf and writes nothing until it holds the Lease again; then kopf starts
     afresh in the same process, picks up what happened meanwhile and finishes the run."""
+    cluster = emulator_cluster
     caplog.set_level(logging.INFO, logger="finetune_operator.leader")
     await cluster.create(small_job("regained", cluster.dataset))
     run = cluster.run("regained")
