@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from finetune_core.api import ResolvedSpec
-from finetune_core.presets import PRESETS, ModelShape
+from finetune_core.presets import PRESETS, SHAPES, ModelShape
 
 GIB = 1 << 30
 RUNTIME_OVERHEAD = 2 * GIB
@@ -59,7 +59,7 @@ def gib(size: float) -> str:
 def shape_of(spec: ResolvedSpec) -> ModelShape | None:
     """The model's shape, where known: a preset's (while its own model is trained)."""
     if spec.preset and PRESETS[spec.preset].model_id == spec.model_id:
-        return PRESETS[spec.preset].shape
+        return SHAPES.get(spec.preset)
     return None
 
 

@@ -52,7 +52,6 @@ class Preset:
     warmup_steps: int = 10
     optimizer: str = "adamw_8bit"
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LAYOUT_MODULES))
-    shape: ModelShape | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -61,21 +60,18 @@ PRESETS: dict[str, Preset] = {
         "Phi-4 14B (unsloth copy in the Llama layout); agent 1, conservative LoRA",
         batch_size=2,
         gradient_accumulation_steps=4,
-        shape=ModelShape(14_659_507_200, 5120, 40, 17920, 40, 10, 100352),
     ),
     "qwen3-8b": Preset(
         "unsloth/Qwen3-8B",
         "Qwen3 8B; agent 2, aggressive LoRA",
         lora_r=24,
         lora_alpha=24,
-        shape=ModelShape(8_190_735_360, 4096, 36, 12288, 32, 8, 151936, head_dim=128),
     ),
     "mistral-nemo-12b": Preset(
         "unsloth/Mistral-Nemo-Instruct-2407",
         "Mistral NeMo 12B Instruct; agent 3, balanced LoRA",
         batch_size=3,
         gradient_accumulation_steps=3,
-        shape=ModelShape(12_247_782_400, 5120, 40, 14336, 32, 8, 131072, head_dim=128),
     ),
     "mistral-7b-instruct-v0.2": Preset(
         "unsloth/mistral-7b-instruct-v0.2",
@@ -83,24 +79,20 @@ PRESETS: dict[str, Preset] = {
         max_seq_length=8192,
         lora_alpha=32,
         learning_rate=2e-5,
-        shape=ModelShape(7_241_732_096, 4096, 32, 14336, 32, 8, 32000),
     ),
     "llama-3.1-8b": Preset(
         "unsloth/Llama-3.1-8B-Instruct",
         "Llama 3.1 8B Instruct; the original agent 1 plan",
-        shape=ModelShape(8_030_261_248, 4096, 32, 14336, 32, 8, 128256),
     ),
     "qwen2.5-7b": Preset(
         "unsloth/Qwen2.5-7B-Instruct",
         "Qwen2.5 7B Instruct; the original agent 2 plan",
         lora_r=24,
         lora_alpha=24,
-        shape=ModelShape(7_615_616_512, 3584, 28, 18944, 28, 4, 152064),
     ),
     "mistral-7b-v0.3": Preset(
         "unsloth/mistral-7b-v0.3",
         "Mistral 7B v0.3; the original agent 3 plan",
-        shape=ModelShape(7_248_023_552, 4096, 32, 14336, 32, 8, 32768),
     ),
     "smollm2-135m": Preset(
         "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -113,8 +105,20 @@ PRESETS: dict[str, Preset] = {
         learning_rate=5e-4,
         warmup_steps=2,
         optimizer="adamw_torch",
-        shape=ModelShape(134_515_008, 576, 30, 1536, 9, 3, 49152),
     ),
+}
+
+# The published configs' shapes, for the GPU memory estimate (finetune_core.gpu_memory):
+# parameters, hidden, layers, intermediate, attention heads, KV heads, vocabulary.
+SHAPES: dict[str, ModelShape] = {
+    "phi-4": ModelShape(14_659_507_200, 5120, 40, 17920, 40, 10, 100352),
+    "qwen3-8b": ModelShape(8_190_735_360, 4096, 36, 12288, 32, 8, 151936, head_dim=128),
+    "mistral-nemo-12b": ModelShape(12_247_782_400, 5120, 40, 14336, 32, 8, 131072, head_dim=128),
+    "mistral-7b-instruct-v0.2": ModelShape(7_241_732_096, 4096, 32, 14336, 32, 8, 32000),
+    "llama-3.1-8b": ModelShape(8_030_261_248, 4096, 32, 14336, 32, 8, 128256),
+    "qwen2.5-7b": ModelShape(7_615_616_512, 3584, 28, 18944, 28, 4, 152064),
+    "mistral-7b-v0.3": ModelShape(7_248_023_552, 4096, 32, 14336, 32, 8, 32768),
+    "smollm2-135m": ModelShape(134_515_008, 576, 30, 1536, 9, 3, 49152),
 }
 
 # Model ids that need no download: resolved to a file a Python package ships.

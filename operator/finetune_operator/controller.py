@@ -22,7 +22,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from finetune_core.api import ResolvedSpec, RunConfig
+from finetune_core.api import ResolvedSpec
 from finetune_core.layout import RunPaths
 from finetune_core.lifecycle import (
     STAGES,
@@ -37,6 +37,7 @@ from finetune_core.lifecycle import (
 from finetune_core.manifest import parse_manifest
 from finetune_core.promotion import ChampionChanged, PromotionError, promote
 from finetune_core.run_files import move_aside, read_run_files
+from finetune_core.runs import new_run_config
 from finetune_core.store import ArtifactStore
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
 from finetune_operator.kube import Kube
@@ -272,12 +273,5 @@ class Controller:
         await asyncio.to_thread(move_aside, self.store, paths, uid)
         if await asyncio.to_thread(self.store.exists, paths.config):
             return
-        config = RunConfig(
-            namespace=paths.namespace,
-            name=paths.name,
-            generation=paths.generation,
-            uid=uid,
-            spec=spec,
-            created_at=datetime.now(UTC),
-        )
+        config = new_run_config(paths, uid, spec)
         await asyncio.to_thread(self.store.put_json, paths.config, config.to_wire())

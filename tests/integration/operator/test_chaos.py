@@ -12,15 +12,20 @@ from benchmarks.chaos import ChaosConfig, run_chaos
 SEED = 20261126
 
 
+def small(**changes: object) -> ChaosConfig:
+    """A run small enough for the suite: short stages, kills soon after start-up."""
+    settings: dict[str, object] = {
+        "seed": SEED,
+        "stage_seconds": (0.5, 4.0),
+        "kill_after_leading": (0.0, 1.0),
+        "kill_after_start": (0.0, 2.5),
+        **changes,
+    }
+    return ChaosConfig(**settings)  # type: ignore[arg-type]
+
+
 async def test_lifecycles_converge_through_operator_kills(s3_endpoint: str, tmp_path: Path) -> None:
-    config = ChaosConfig(
-        lifecycles=5,
-        kills=20,
-        seed=SEED,
-        stage_seconds=(0.5, 4.0),
-        kill_after_leading=(0.0, 1.0),
-        kill_after_start=(0.0, 2.5),
-    )
+    config = small(lifecycles=5, kills=20)
     result = await run_chaos(config, tmp_path, s3_endpoint)
     report = "\n".join(result.lines())
     print(report)
@@ -32,15 +37,7 @@ async def test_lifecycles_converge_through_operator_kills(s3_endpoint: str, tmp_
 async def test_lifecycles_converge_through_kills_and_api_faults(
     s3_endpoint: str, tmp_path: Path
 ) -> None:
-    config = ChaosConfig(
-        lifecycles=4,
-        kills=6,
-        seed=SEED + 1,
-        fault_rate=0.1,
-        stage_seconds=(0.5, 4.0),
-        kill_after_leading=(0.0, 1.0),
-        kill_after_start=(0.0, 2.5),
-    )
+    config = small(lifecycles=4, kills=6, seed=SEED + 1, fault_rate=0.1)
     result = await run_chaos(config, tmp_path, s3_endpoint)
     report = "\n".join(result.lines())
     print(report)
