@@ -8,12 +8,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from finetune_core.store import LocalStore, S3Store
 from tests.controlplane.server import (  # the real control plane, for every tier
     control_plane,  # noqa: F401
     pytest_collection_finish,  # noqa: F401
 )
+
+# The property tests search the same examples on every run: a suite that fails, fails again
+# (a new search is a change to a test, not luck of the draw). `HYPOTHESIS_PROFILE=explore`
+# searches afresh.
+hypothesis_settings.register_profile("repeatable", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATASET = REPO / "manifests" / "examples" / "datasets" / "devassist.jsonl"

@@ -201,6 +201,10 @@ def parse_manifest(doc: Any) -> FineTuneJob:
         problems.append(Problem("kind", f"must be {KIND}"))
     meta = doc.get("metadata")
     problems += check_metadata(meta)
+    problems += [
+        Problem(_path(loc, "metadata"), "a number beyond the 64-bit integers the API stores")
+        for loc in _out_of_range(meta, ())
+    ]
     spec: FineTuneJobSpec | None = None
     try:
         spec = parse_spec(doc.get("spec"))
@@ -215,6 +219,23 @@ def parse_manifest(doc: Any) -> FineTuneJob:
         spec=spec,
         annotations=dict(meta.get("annotations") or {}),
     )
+
+
+INT64 = range(-(2**63), 2**63)
+
+
+def _out_of_range(value: Any, loc: tuple[int | str, ...]) -> list[tuple[int | str, ...]]:
+    """Where in metadata an integer sits that no int64 holds (the spec's numbers have
+    bounds of their own; metadata.generation is checked with its own message)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [] if value in INT64 or loc == ("generation",) else [loc]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _out_of_range(v, (*loc, str(k)))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _out_of_range(v, (*loc, i))]
+    return []
 
 
 def load_documents(path: Path) -> list[Any]:
