@@ -47,31 +47,27 @@ def job(generation: int, status: dict[str, Any] | None) -> dict[str, Any]:
     )
 
 
-PROMOTED = {
-    "phase": "Promoted",
-    "observedGeneration": 3,
-    "conditions": [
-        condition("Ready", "True", 3, "Promoted to s3://finetune/models/phi-4/ml-agent1-phi4-g3/"),
-        condition("Reconciling", "False", 3),
-        condition("Stalled", "False", 3),
-    ],
-}
-TRAINING = {
-    "phase": "Training",
-    "observedGeneration": 3,
-    "conditions": [
-        condition("Ready", "False", 3, "Training: step 120/900"),
-        condition("Reconciling", "True", 3),
-    ],
-}
-REJECTED = {
-    "phase": "Rejected",
-    "observedGeneration": 3,
-    "conditions": [
-        condition("Ready", "False", 3),
-        condition("Stalled", "True", 3, "SLA not met: question p95 12.1s > 10s"),
-    ],
-}
+def recorded(phase: str, *conditions: dict[str, Any]) -> dict[str, Any]:
+    """A status recorded for generation 3."""
+    return {"phase": phase, "observedGeneration": 3, "conditions": list(conditions)}
+
+
+PROMOTED = recorded(
+    "Promoted",
+    condition("Ready", "True", 3, "Promoted to s3://finetune/models/ml/phi-4/agent1-phi4-g3/"),
+    condition("Reconciling", "False", 3),
+    condition("Stalled", "False", 3),
+)
+TRAINING = recorded(
+    "Training",
+    condition("Ready", "False", 3, "Training: step 120/900"),
+    condition("Reconciling", "True", 3),
+)
+REJECTED = recorded(
+    "Rejected",
+    condition("Ready", "False", 3),
+    condition("Stalled", "True", 3, "SLA not met: question p95 12.1s > 10s"),
+)
 FAILED_WITHOUT_STALLED = {"phase": "Failed", "observedGeneration": 3, "message": "OOMKilled"}
 AWAITING = {
     "phase": "AwaitingApproval",
@@ -89,7 +85,7 @@ STALLED_OTHER_PHASE = {
 @pytest.mark.parametrize(
     ("generation", "status", "expected", "message_has"),
     [
-        (3, PROMOTED, "Healthy", "models/phi-4"),
+        (3, PROMOTED, "Healthy", "models/ml/phi-4"),
         (3, TRAINING, "Progressing", "step 120/900"),
         (3, REJECTED, "Degraded", "SLA not met"),
         (3, FAILED_WITHOUT_STALLED, "Degraded", "OOMKilled"),

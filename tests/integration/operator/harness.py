@@ -269,6 +269,16 @@ class Cluster:
             "application/merge-patch+json",
         )
 
+    async def finish(self, name: str, train: Mapping[str, Any]) -> None:
+        """The pods' and the Job controller's part from a running training Job to Promoted."""
+        run = self.run(name)
+        self.pod_trained(run)
+        await self.job_succeeded(train["metadata"]["name"])
+        bench = await self.wait_for_job(name, 1, "benchmark")
+        self.pod_benchmarked(run)
+        await self.job_succeeded(bench["metadata"]["name"])
+        await self.wait_for_phase(name, "Promoted")
+
     async def admit(self, job: str) -> None:
         """What Kueue does when the queue admits a suspended Job."""
         await self._request(

@@ -17,16 +17,10 @@ def job_posts(request: kmock.Request) -> bool:
 
 async def run_to_promoted(cluster: Cluster, name: str) -> None:
     await cluster.create(small_job(name, cluster.dataset))
-    run = cluster.run(name)
     train = await cluster.wait_for_job(name, 1, "train")
     await cluster.job_running(train["metadata"]["name"])
     await cluster.wait_for_phase(name, "Training")
-    cluster.pod_trained(run)
-    await cluster.job_succeeded(train["metadata"]["name"])
-    bench = await cluster.wait_for_job(name, 1, "benchmark")
-    cluster.pod_benchmarked(run)
-    await cluster.job_succeeded(bench["metadata"]["name"])
-    await cluster.wait_for_phase(name, "Promoted")
+    await cluster.finish(name, train)
 
 
 def created_jobs(cluster: Cluster) -> list[str]:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.conftest import TEST_CREDENTIALS
 from tests.integration.operator.harness import Cluster
 from tests.support.manifests import small_job
+
+
+async def failed(cluster: Cluster, name: str) -> dict[str, Any]:
+    """The Stalled condition, once the run ended Failed."""
+    await cluster.wait_for_phase(name, "Failed")
+    return cluster.condition(name, "Stalled")
 
 
 async def test_invalid_spec_fails_naming_the_field_and_creates_no_job(cluster: Cluster) -> None:
@@ -82,16 +90,13 @@ async def test_failed_training_without_error_json_reports_the_pod(cluster: Clust
     await cluster.create(small_job("oom", cluster.dataset))
     train = await cluster.wait_for_job("oom", 1, "train")
     await cluster.failed_pod("oom", 1, "train", "RuntimeError: CUDA out of memory")
-    await cluster.job_failed(
-        train["metadata"]["name"],
-        "BackoffLimitExceeded",
-        "Job has reached the specified backoff limit",
+    reason, why = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+    await cluster.job_failed(train["metadata"]["name"], reason, why)
+    stalled = await failed(cluster, "oom")
+    assert (stalled["reason"], stalled["message"]) == (
+        reason,
+        "train failed: RuntimeError: CUDA out of memory",
     )
-
-    await cluster.wait_for_phase("oom", "Failed")
-    stalled = cluster.condition("oom", "Stalled")
-    assert stalled["reason"] == "BackoffLimitExceeded"
-    assert stalled["message"] == "train failed: RuntimeError: CUDA out of memory"
 
 
 async def test_benchmark_past_its_deadline_fails_with_the_job_reason(cluster: Cluster) -> None:
@@ -103,16 +108,10 @@ async def test_benchmark_past_its_deadline_fails_with_the_job_reason(cluster: Cl
     cluster.pod_failed(run, "train", "StoreUnavailable", "first attempt lost the store")
     await cluster.job_succeeded(train["metadata"]["name"])
     bench = await cluster.wait_for_job("late", 1, "benchmark")
-    await cluster.job_failed(
-        bench["metadata"]["name"],
-        "DeadlineExceeded",
-        "Job was active longer than specified deadline",
-    )
-
-    await cluster.wait_for_phase("late", "Failed")
-    stalled = cluster.condition("late", "Stalled")
-    assert stalled["reason"] == "DeadlineExceeded"
-    assert stalled["message"] == ("benchmark failed: Job was active longer than specified deadline")
+    reason, why = "DeadlineExceeded", "Job was active longer than specified deadline"
+    await cluster.job_failed(bench["metadata"]["name"], reason, why)
+    stalled = await failed(cluster, "late")
+    assert (stalled["reason"], stalled["message"]) == (reason, f"benchmark failed: {why}")
 
 
 async def test_a_pod_that_cannot_pull_its_image_fails_the_run_and_its_job_goes(

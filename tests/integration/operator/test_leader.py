@@ -50,17 +50,6 @@ def creations(cluster: Cluster, owner: str) -> list[str]:
     return cluster.job_creations(owner)
 
 
-async def finish(cluster: Cluster, name: str, train: dict[str, Any]) -> None:
-    """The pods' and the Job controller's part from a running training Job to Promoted."""
-    run = cluster.run(name)
-    cluster.pod_trained(run)
-    await cluster.job_succeeded(train["metadata"]["name"])
-    bench = await cluster.wait_for_job(name, 1, "benchmark")
-    cluster.pod_benchmarked(run)
-    await cluster.job_succeeded(bench["metadata"]["name"])
-    await cluster.wait_for_phase(name, "Promoted")
-
-
 async def test_two_operators_reconcile_as_one_and_hand_over_on_stop(
     api: ApiServer, s3_store: S3Store, settings: OperatorSettings
 ) -> None:
@@ -85,7 +74,7 @@ async def test_two_operators_reconcile_as_one_and_hand_over_on_stop(
             lambda: (h := holder(api)) not in (None, first) and h, "the other operator leading"
         )
         assert second in operators
-        await finish(cluster, "shared", train)
+        await cluster.finish("shared", train)
         # Two operators, one reconciler: each Job asked for exactly once.
         assert creations(cluster, "shared") == ["shared-g1-train", "shared-g1-bench"]
         lease = api.objects[LEASES, LEASE_NAMESPACE, LEASE_NAME].raw["spec"]
@@ -179,7 +168,7 @@ async def test_a_killed_leader_is_replaced_and_the_run_finishes(
         (other,) = processes
         await cluster.wait_for(lambda: holder(api) == other, "the survivor leading", TAKEOVER)
         await cluster.wait_for_phase("survivor", "Training")
-        await finish(cluster, "survivor", train)
+        await cluster.finish("survivor", train)
         assert creations(cluster, "survivor") == ["survivor-g1-train", "survivor-g1-bench"]
     finally:
         for process in processes.values():
