@@ -831,7 +831,9 @@ class BenchmarkReport(StatusModel):
         default=None, description="Confidence of the profiles' bounds."
     )
     interval_method: str | None = Field(
-        default=None, description="How the bounds were computed (lognormal)."
+        default=None,
+        description="How the bounds were computed: tolerance-hull (the widest of normal, "
+        "lognormal and shifted-lognormal tolerance-factor bounds).",
     )
     device: str | None = Field(default=None, description="Where it was measured.")
     profiles: list[ProfileResult] = Field(default_factory=list, description="Per-profile results.")

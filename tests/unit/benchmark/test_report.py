@@ -78,9 +78,9 @@ def test_the_page_shows_the_verdict_the_limit_and_the_numbers(
     _, page = written
     assert "REJECTED" in page
     assert "SlaMissed" in page
-    problem = "profile answer&lt;&amp;&gt;: p95 7.9 s [7.62, 40.7], lower bound &gt; limit 6 s"
+    problem = "profile answer&lt;&amp;&gt;: p95 7.9 s [7.6, 40.7], lower bound &gt; limit 6 s"
     assert problem + " (interval)" in page  # escaped, not raw
-    assert "[7.621, 40.735]" in page  # the interval column
+    assert "[7.604, 40.735]" in page  # the interval column
     assert "fail</span> (interval)" in page  # the verdict's basis
     assert "4 sample(s) beyond the limit" in page  # outliers are kept and counted
     assert "answer<&>" not in page

@@ -82,7 +82,14 @@ def coverage(latency: Latency, n: int, confidence: float, seed: int = 15) -> Cov
 @pytest.mark.parametrize("n", [MIN_INTERVAL_SAMPLES, 20, 60])
 @pytest.mark.parametrize(
     "latency",
-    [lognormal(0.2), lognormal(0.6), shifted_lognormal(0.5), shifted_lognormal(1.0)],
+    [
+        lognormal(0.2),
+        lognormal(0.6),
+        shifted_lognormal(0.5),
+        shifted_lognormal(1.0),
+        weibull(2.0),
+        weibull(5.0),
+    ],
     ids=lambda latency: latency.name,
 )
 def test_the_interval_covers_the_true_p95_at_the_stated_confidence(
@@ -101,14 +108,6 @@ def test_the_coverage_follows_the_confidence(confidence: float) -> None:
     assert achieved.covered >= confidence - TOLERANCE, achieved
     narrower = coverage(lognormal(0.4), 20, confidence - 0.1 if confidence > 0.9 else 0.6)
     assert narrower.covered < achieved.covered
-
-
-@pytest.mark.parametrize("n", [20, 60])
-def test_a_light_tail_never_passes_wrongly(n: int) -> None:
-    """Outside the model the upper bound, which lets a run pass, still holds; the lower bound
-    is the one that errs (a run wrongly failed, never wrongly passed)."""
-    achieved = coverage(weibull(2.0), n, 0.95)
-    assert achieved.below <= 0.025 + TOLERANCE, achieved
 
 
 def test_the_interval_needs_a_few_positive_samples() -> None:
