@@ -66,14 +66,14 @@ def interval_of(result: ProfileResult) -> tuple[float, float] | None:
 def profile_verdict(
     result: ProfileResult, percentile: int, limit: float, margin: float = DEFAULT_MARGIN
 ) -> tuple[bool, VerdictBasis] | None:
-    """(passed, basis) for one profile; None when its percentile was not measured. With
-    bounds: the interval, then the margin, then the point estimate; without: the point
-    estimate alone."""
+    """(passed, basis) for one profile; None when its percentile was not measured. The
+    interval (when the profile has bounds), then the margin, then the point estimate; a
+    report written before bounds existed (no verdictBasis) on the point estimate alone."""
     value = percentile_of(result, percentile)
     if value is None:
         return None
     interval = interval_of(result)
-    if interval is None:
+    if interval is None and result.verdict_basis is None:  # written before bounds existed
         return value <= limit, "pointEstimate"
     decided = verdict(value, interval, limit, margin, final=True)
     assert decided is not None  # final decisions always decide
@@ -122,12 +122,12 @@ def _comparison(result: ProfileResult, percentile: int, limit: float, basis: str
     assert value is not None
     interval = interval_of(result)
     measured = f"p{percentile} {seconds(value)} s"
-    if interval is None:  # an older report: the point estimate, as it always was
+    if interval is None and result.verdict_basis is None:  # an older report, as it was
         if value <= limit:
             return f"{measured} <= {seconds(limit)} s"
         return f"{measured} > limit {seconds(limit)} s"
     measured += bounds_text(result)
-    if basis == "interval":
+    if basis == "interval" and interval is not None:
         if interval[1] <= limit:
             return f"{measured}, upper bound <= limit {seconds(limit)} s (interval)"
         return f"{measured}, lower bound > limit {seconds(limit)} s (interval)"

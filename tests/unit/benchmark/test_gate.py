@@ -220,3 +220,9 @@ def test_a_report_without_bounds_is_judged_on_the_point_estimate() -> None:
     assert (
         judge(report, make_spec(ANSWER), None, None).message == "SLA met: answer p95 5.9 s <= 6 s"
     )
+
+
+def test_a_new_report_without_bounds_names_the_margin() -> None:
+    result = profile("answer", 5.0, 9.0, 6).model_copy(update={"verdict_basis": "margin"})
+    verdict = judge(make_report(result), make_spec(ANSWER), None, None)
+    assert verdict.problems == ("profile answer: p95 9 s > limit 6 s (margin)",)

@@ -132,3 +132,13 @@ def test_without_the_trainer_loss_chart_the_page_says_so(tmp_path: Path) -> None
     page = store.get_bytes(RUN.report_html).decode()
     assert page.count("<img ") == 1
     assert "The run recorded no loss curve." in page
+
+
+def test_the_histogram_marks_the_interval_and_the_samples_beyond_the_limit() -> None:
+    samples = inputs(name="answer", limit=6.0).samples[0]  # 5.0 within; 6.5, 7.2, 7.5, 8.0 beyond
+    (axes,) = latency_histogram(samples, 95, (7.6, 9.5)).axes
+    labels = axes.get_legend_handles_labels()[1]
+    assert "beyond the limit (4)" in labels
+    assert "within the limit" in labels
+    assert "p95 interval [7.6, 9.5] s" in labels
+    assert axes.get_xlim()[1] >= 9.5  # the whole interval is on the chart
