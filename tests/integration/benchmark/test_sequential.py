@@ -16,8 +16,6 @@ from tests.integration.benchmark.conftest import TrainedRun, finetune, run_spec
 
 pytestmark = pytest.mark.slow
 
-PROBE = RunPaths("ml", "probe", 2)
-CLOSE = RunPaths("ml", "close", 2)
 INITIAL, MAXIMUM = 5, 15
 
 
@@ -35,34 +33,41 @@ def measure(
 def test_a_limit_just_above_the_p95_takes_more_samples_and_reports_the_basis(
     trained: TrainedRun, local_store: LocalStore
 ) -> None:
-    probe = measure(trained, local_store, PROBE, limit=600)
+    probe = measure(trained, local_store, RunPaths("ml", "probe", 2), limit=600)
     (loose,) = probe.profiles
     assert loose.samples == INITIAL and loose.verdict_basis in {"interval", "margin"}
-    assert loose.p95 is not None
-
-    # A wide decision margin, so that only the interval or maxSamples can decide.
-    limit = round(loose.p95 * 1.05, 4)
-    report = measure(trained, local_store, CLOSE, limit=limit, decisionMargin=0.9)
-    (close,) = report.profiles
-    print(
-        "\nprobe:",
-        json.dumps(loose.to_wire()),
-        "\nclose:",
-        json.dumps(close.to_wire()),
-        f"\nlimit {limit}",
-    )
-    assert report.confidence == 0.95 and report.interval_method
-    assert close.samples is not None and INITIAL < close.samples <= MAXIMUM
-    assert close.verdict_basis in {"interval", "pointEstimate"}
-    assert close.lower_bound is not None and close.upper_bound is not None
-    assert close.lower_bound <= close.upper_bound
-    if close.verdict_basis == "pointEstimate":  # the interval never left the limit
-        assert close.samples == MAXIMUM
-        assert close.lower_bound <= limit < close.upper_bound
-    assert close.warmups is not None and 1 <= close.warmups <= 6
-    # The gate reads the same verdict from the report as the benchmark reached.
-    assert profile_verdict(close, 95, limit, 0.9) == (close.passed, close.verdict_basis)
-    assert report.passed == close.passed
-    recorded = json.loads(local_store.get_bytes(f"{CLOSE.report}/samples.json"))
-    assert len(recorded["profiles"][0]["samples"]) == close.samples
-    assert recorded["profiles"][0]["warmup"] == close.warmups
+    assert loose.p95 is not None and loose.warmups is not None and 1 <= loose.warmups <= 6
+    p95 = loose.p95
+    # A shared CPU's latency can change many-fold between two runs, and a run measured far
+    # from the limit is decided at once (rightly); so up to three tries, each with the limit
+    # 5 % above the p95 the previous one measured. A wide decision margin leaves the verdict
+    # to the interval or to maxSamples.
+    for attempt in range(1, 4):
+        limit = round(p95 * 1.05, 4)
+        run = RunPaths("ml", f"close{attempt}", 2)
+        report = measure(trained, local_store, run, limit=limit, decisionMargin=0.9)
+        (close,) = report.profiles
+        print(f"\nattempt {attempt}, limit {limit}:", json.dumps(close.to_wire()))
+        assert report.confidence == 0.95 and report.interval_method
+        assert close.lower_bound is not None and close.upper_bound is not None
+        assert close.lower_bound <= close.upper_bound
+        assert close.warmups is not None and 1 <= close.warmups <= 6
+        # The gate reads the same verdict from the report as the benchmark reached.
+        assert profile_verdict(close, 95, limit, 0.9) == (close.passed, close.verdict_basis)
+        assert report.passed == close.passed
+        recorded = json.loads(local_store.get_bytes(f"{run.report}/samples.json"))
+        assert len(recorded["profiles"][0]["samples"]) == close.samples
+        assert recorded["profiles"][0]["warmup"] == close.warmups
+        assert close.samples is not None and INITIAL <= close.samples <= MAXIMUM
+        if close.samples == INITIAL:  # decided at once: the limit was outside the interval
+            assert close.verdict_basis == "interval"
+            assert not close.lower_bound <= limit < close.upper_bound
+            assert close.p95 is not None
+            p95 = close.p95
+            continue
+        assert close.verdict_basis in {"interval", "pointEstimate"}
+        if close.verdict_basis == "pointEstimate":  # the interval never left the limit
+            assert close.samples == MAXIMUM
+            assert close.lower_bound <= limit < close.upper_bound
+        return
+    pytest.fail("three runs in a row were decided at the initial samples")
