@@ -29,15 +29,24 @@ RunOption = Annotated[str, typer.Option("--run", help="Run directory URI in the 
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="FineTuneJob manifests.")]) -> None:
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="FineTuneJob manifests.")],
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Also print each job's GPU memory estimate.")
+    ] = False,
+) -> None:
     """Check manifests; one line per problem, naming the field path."""
-    from finetune_core.manifest import validate_file
+    from finetune_core.manifest import explain_file, validate_file
 
     problems = [line for path in files for line in validate_file(path)]
     for line in problems:
         typer.echo(line)
     if problems:
         raise typer.Exit(1)
+    if explain:
+        for path in files:
+            for line in explain_file(path):
+                typer.echo(line)
     typer.echo(f"{len(files)} manifest(s) valid")
 
 

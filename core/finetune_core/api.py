@@ -374,8 +374,24 @@ class ResourcesSpec(ApiModel):
     tolerations default to the operator's configuration."""
 
     gpus: int = Field(
-        default=1, strict=True, ge=0, le=8, description="GPUs per pod; 0 runs on CPU nodes."
+        default=1,
+        strict=True,
+        ge=0,
+        json_schema_extra={"maximum": 1},
+        description="GPUs per pod: 1, or 0 to run on CPU nodes (the trainer is one process "
+        "on one GPU; multi-GPU training is not supported yet).",
     )
+
+    @field_validator("gpus")
+    @classmethod
+    def _one_gpu(cls, value: int) -> int:
+        if value > 1:
+            raise ValueError(
+                f"{value} GPUs: multi-GPU training is not supported yet (the trainer is one "
+                "process on one GPU); set 1, or 0 for CPU nodes"
+            )
+        return value
+
     cpu: Quantity | None = Field(
         default=None,
         description="CPU request and limit, a Kubernetes quantity greater than 0, e.g. '8' "
@@ -578,6 +594,25 @@ class PromotionSpec(ApiModel):
     )
 
 
+class SchedulingSpec(ApiModel):
+    """Admission by Kueue against a team's GPU quota."""
+
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Kueue LocalQueue in the job's namespace: the Jobs are created suspended "
+        "with the kueue.x-k8s.io/queue-name label and run once Kueue admits them. Default: "
+        "the operator's default queue, if any; none: the Jobs run at once.",
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="PriorityClass of the pods (Kueue orders and preempts workloads by it).",
+    )
+
+
 class FineTuneJobSpec(ApiModel):
     """Desired state: fine-tune this model on this dataset, then gate it on this SLA."""
 
@@ -590,6 +625,9 @@ class FineTuneJobSpec(ApiModel):
         default_factory=BenchmarkSpec, description="Latency benchmark and SLA."
     )
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="Promotion policy.")
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Queueing (Kueue) and priority."
+    )
 
     def resolve(self) -> ResolvedSpec:
         """Fill every unset field from the preset (or generic defaults)."""
@@ -719,6 +757,11 @@ class Reason:
     STAGE_FAILED = "StageFailed"
     STAGE_EXITED = "StageExited"
     INTERRUPTED = "Interrupted"
+    QUEUED = "Queued"
+    INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"
+    NO_MEMORY_ESTIMATE = "NoMemoryEstimate"
+    ADMITTED = "Admitted"
+    RETRYING = "Retrying"
     INVALID_APPROVAL = "InvalidApproval"
     INVALID_RUN_FILE = "InvalidRunFile"
     NON_FINITE_LOSS = "NonFiniteLoss"
@@ -889,6 +932,11 @@ class FineTuneJobStatus(StatusModel):
     benchmark: BenchmarkReport | None = Field(default=None, description="Benchmark summary.")
     artifacts: Artifacts | None = Field(default=None, description="Artifact URIs.")
     promoted_model: str | None = Field(default=None, description="URI of the promoted copy.")
+    gpu_memory_gib: float | None = Field(
+        default=None,
+        description="Estimated peak GPU memory of the training run (GiB), checked against "
+        "one GPU's memory before any pod is created.",
+    )
     approved_generation: int | None = Field(
         default=None,
         description="The generation the finetune.dev/approve annotation approved (manual policy).",

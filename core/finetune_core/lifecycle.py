@@ -27,7 +27,7 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel
 
-from finetune_core import gate
+from finetune_core import gate, gpu_memory
 from finetune_core.api import (
     ACTIVE_PHASES,
     SETTLED_PHASES,
@@ -82,6 +82,7 @@ class StageState:
     reason: str = ""
     message: str = ""
     stuck: bool = False  # it never started (no image, unschedulable): delete it on failing
+    queue: str | None = None  # suspended, waiting for admission to this queue (Kueue)
 
 
 class Step(Enum):
@@ -122,6 +123,7 @@ class RunState:
     superseded: tuple[str, ...] = ()  # unfinished stages of other generations
     leftovers: tuple[str, ...] = ()  # stages of a deleted predecessor of the same name
     uid: str | None = None  # the object's identity (metadata.uid; a local job's own id)
+    gpu_capacity_gib: float | None = None  # one GPU's memory, where the run needs a GPU
 
     @property
     def status(self) -> FineTuneJobStatus:
@@ -368,6 +370,23 @@ def _decide(s: RunState, obs: Observation, at: str) -> Decision:
     raise AssertionError(s.step)  # pragma: no cover
 
 
+def retrying(state: RunState, now: datetime, message: str) -> Decision:
+    """A run that keeps meeting a transient fault (the API server or the store down, a
+    timeout): the phase stays, and the Reconciling condition says what is being retried."""
+    status = state.status
+    if state.phase not in ACTIVE_PHASES:
+        return NOTHING
+    conditions = [
+        c.model_copy(update={"reason": Reason.RETRYING, "message": _cap(message)})
+        if c.type == "Reconciling"
+        else c
+        for c in status.conditions
+    ]
+    return Decision(
+        status=changes(state.raw_status, {"conditions": [c.to_wire() for c in conditions]})
+    )
+
+
 def resume(state: RunState, now: datetime, why: str) -> Decision:
     """Take an unfinished or failed run up again (a local re-run): back to Validating, from
     where the stages that have not succeeded run again."""
@@ -410,6 +429,15 @@ def _new_run(s: RunState, obs: Observation, at: str) -> Decision:
     message = f"generation {s.generation}: fine-tuning {spec.model_id} on {spec.dataset.uri}"
     patch = {**_new_run_fields(s, obs, at), "model": spec.model_id}
     events = [Event("Normal", Reason.RUN_STARTED, message)]
+    if s.gpu_capacity_gib is not None:
+        shape = gpu_memory.shape_of(spec)
+        if shape is None:
+            why = f"the shape of {spec.model_id} is not known: the GPU memory preflight is skipped"
+            events.append(Event("Warning", Reason.NO_MEMORY_ESTIMATE, why))
+        else:
+            patch["gpuMemoryGib"] = round(
+                gpu_memory.estimate(spec, shape).total / gpu_memory.GIB, 1
+            )
     if s.gpus > 0 and spec.lora_dropout != 0:
         events.append(
             Event(
@@ -473,7 +501,26 @@ def _invalid(s: RunState, obs: Observation, at: str) -> Decision:
     return _move(s, at, "Failed", Reason.INVALID_SPEC, message, fields, warning=True)
 
 
+def _too_big(s: RunState, at: str) -> Decision | None:
+    """The run would not fit one GPU: fail before any pod is created, saying what to change."""
+    shape = gpu_memory.shape_of(s.resolved)
+    if s.gpu_capacity_gib is None or shape is None:
+        return None
+    need = gpu_memory.estimate(s.resolved, shape)
+    capacity = s.gpu_capacity_gib * gpu_memory.GIB
+    if need.total <= capacity:
+        return None
+    message = (
+        f"the training run needs about {need.describe()}, more than one GPU's "
+        f"{gpu_memory.gib(capacity)}: set model.loadIn4bit, or lower training.batchSize or "
+        "model.maxSeqLength, or choose a smaller model"
+    )
+    return _fail(s, at, Reason.INSUFFICIENT_GPU_MEMORY, message)
+
+
 def _start_training(s: RunState, obs: Observation, at: str) -> Decision:
+    if (too_big := _too_big(s, at)) is not None:
+        return too_big
     if obs.files.dataset_missing:
         uri = s.resolved.dataset.uri
         return _fail(s, at, Reason.DATASET_NOT_FOUND, f"spec.dataset.uri: {uri} does not exist")
@@ -488,15 +535,30 @@ def _start_training(s: RunState, obs: Observation, at: str) -> Decision:
     )
 
 
+def _queued(s: RunState, stage: StageState, at: str) -> Decision | None:
+    """A stage suspended until its queue admits it: the phase its step implies, and the
+    Reconciling condition saying which queue it waits in."""
+    if stage.queue is None:
+        return None
+    phase: Phase = "Benchmarking" if stage is s.bench else "Pending"
+    message = f"Job {stage.name} waits for admission to queue {stage.queue}"
+    return _move(s, at, phase, Reason.QUEUED, message)
+
+
 def _training(s: RunState, obs: Observation, at: str) -> Decision:
     """Pending until the stage runs; then Training, also while a failed pod is retried."""
     assert s.train is not None
+    if (queued := _queued(s, s.train, at)) is not None:
+        return queued
     progress = obs.files.progress
     fields = {
         "progress": _wire(with_percent(progress)) if progress else None,
         "artifacts": _wire(_artifacts(s, obs)),
     }
     started = s.train.ready or progress is not None or s.phase == "Training"
+    if not started and Reason.QUEUED in _reasons(s):
+        message = f"training Job {s.train.name} was admitted; waiting for its pod to start"
+        return _move(s, at, "Pending", Reason.ADMITTED, message, fields)
     if s.phase == ("Training" if started else "Pending"):
         return _refresh(s, fields)
     if started:
@@ -534,7 +596,12 @@ def _trained_fields(s: RunState, obs: Observation) -> dict[str, Any]:
 
 def _benchmarking(s: RunState, obs: Observation, at: str) -> Decision:
     assert s.bench is not None
+    if (queued := _queued(s, s.bench, at)) is not None:
+        return queued
     if s.phase == "Benchmarking":
+        if Reason.QUEUED in _reasons(s):
+            message = f"benchmark Job {s.bench.name} was admitted and runs"
+            return _move(s, at, "Benchmarking", Reason.ADMITTED, message)
         return NOTHING
     # The benchmark stage exists but the status was not written (the executor stopped between).
     return _move(
@@ -633,6 +700,10 @@ def _fail(
     s: RunState, at: str, reason: str, message: str, fields: dict[str, Any] | None = None
 ) -> Decision:
     return _move(s, at, "Failed", reason, message, fields or {}, warning=True)
+
+
+def _reasons(s: RunState) -> set[str]:
+    return {c.reason for c in s.status.conditions}
 
 
 def _artifacts(s: RunState, obs: Observation) -> Artifacts:

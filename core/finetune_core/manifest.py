@@ -227,6 +227,25 @@ def load_documents(path: Path) -> list[Any]:
             raise yaml.YAMLError("the document is nested too deeply to read") from None
 
 
+def explain_file(path: Path) -> list[str]:
+    """What a valid manifest's jobs will need: one line each with the GPU memory estimate."""
+    from finetune_core import gpu_memory
+
+    lines = []
+    for doc in load_documents(path):
+        job = parse_manifest(doc)
+        spec = job.spec.resolve()
+        shape = gpu_memory.shape_of(spec)
+        if not job.spec.resources.gpus:
+            need = "runs on CPU nodes (no GPU memory estimate)"
+        elif shape is None:
+            need = f"GPU memory: no estimate (the shape of {spec.model_id} is not known)"
+        else:
+            need = f"GPU memory: about {gpu_memory.estimate(spec, shape).describe()}"
+        lines.append(f"{path}: {job.name}: {need}")
+    return lines
+
+
 def validate_file(path: Path) -> list[str]:
     """Problems in one manifest file, one line each, prefixed with the file (and document)."""
     try:

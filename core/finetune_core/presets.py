@@ -13,6 +13,24 @@ LLAMA_LAYOUT_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """What the GPU memory estimate needs to know of a model (its published config)."""
+
+    parameters: int
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    head_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.hidden // self.heads)
+
+
+@dataclass(frozen=True)
 class Preset:
     """Settings one base model is fine-tuned with unless the spec says otherwise.
 
@@ -44,7 +62,10 @@ PRESETS: dict[str, Preset] = {
         gradient_accumulation_steps=4,
     ),
     "qwen3-8b": Preset(
-        "unsloth/Qwen3-8B", "Qwen3 8B; agent 2, aggressive LoRA", lora_r=24, lora_alpha=24
+        "unsloth/Qwen3-8B",
+        "Qwen3 8B; agent 2, aggressive LoRA",
+        lora_r=24,
+        lora_alpha=24,
     ),
     "mistral-nemo-12b": Preset(
         "unsloth/Mistral-Nemo-Instruct-2407",
@@ -60,7 +81,8 @@ PRESETS: dict[str, Preset] = {
         learning_rate=2e-5,
     ),
     "llama-3.1-8b": Preset(
-        "unsloth/Llama-3.1-8B-Instruct", "Llama 3.1 8B Instruct; the original agent 1 plan"
+        "unsloth/Llama-3.1-8B-Instruct",
+        "Llama 3.1 8B Instruct; the original agent 1 plan",
     ),
     "qwen2.5-7b": Preset(
         "unsloth/Qwen2.5-7B-Instruct",
@@ -69,7 +91,8 @@ PRESETS: dict[str, Preset] = {
         lora_alpha=24,
     ),
     "mistral-7b-v0.3": Preset(
-        "unsloth/mistral-7b-v0.3", "Mistral 7B v0.3; the original agent 3 plan"
+        "unsloth/mistral-7b-v0.3",
+        "Mistral 7B v0.3; the original agent 3 plan",
     ),
     "smollm2-135m": Preset(
         "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -83,6 +106,19 @@ PRESETS: dict[str, Preset] = {
         warmup_steps=2,
         optimizer="adamw_torch",
     ),
+}
+
+# The published configs' shapes, for the GPU memory estimate (finetune_core.gpu_memory):
+# parameters, hidden, layers, intermediate, attention heads, KV heads, vocabulary.
+SHAPES: dict[str, ModelShape] = {
+    "phi-4": ModelShape(14_659_507_200, 5120, 40, 17920, 40, 10, 100352),
+    "qwen3-8b": ModelShape(8_190_735_360, 4096, 36, 12288, 32, 8, 151936, head_dim=128),
+    "mistral-nemo-12b": ModelShape(12_247_782_400, 5120, 40, 14336, 32, 8, 131072, head_dim=128),
+    "mistral-7b-instruct-v0.2": ModelShape(7_241_732_096, 4096, 32, 14336, 32, 8, 32000),
+    "llama-3.1-8b": ModelShape(8_030_261_248, 4096, 32, 14336, 32, 8, 128256),
+    "qwen2.5-7b": ModelShape(7_615_616_512, 3584, 28, 18944, 28, 4, 152064),
+    "mistral-7b-v0.3": ModelShape(7_248_023_552, 4096, 32, 14336, 32, 8, 32768),
+    "smollm2-135m": ModelShape(134_515_008, 576, 30, 1536, 9, 3, 49152),
 }
 
 # Model ids that need no download: resolved to a file a Python package ships.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from finetune_core.api import (
     BenchmarkReport,
@@ -17,6 +18,7 @@ from finetune_core.api import (
     Metrics,
     Phase,
     Progress,
+    ResolvedSpec,
     RunConfig,
 )
 from finetune_core.clock import timestamp
@@ -38,6 +40,18 @@ class RunSnapshot:
 
 class UnknownRun(LookupError):
     """No single job matches a name given on the command line."""
+
+
+def new_run_config(run: RunPaths, uid: str | None, spec: ResolvedSpec) -> RunConfig:
+    """config.json of a run about to start: who it is, whose it is, and what it runs."""
+    return RunConfig(
+        namespace=run.namespace,
+        name=run.name,
+        generation=run.generation,
+        uid=uid,
+        spec=spec,
+        created_at=datetime.now(UTC),
+    )
 
 
 def save_status(store: ArtifactStore, run: RunPaths, status: FineTuneJobStatus) -> None:

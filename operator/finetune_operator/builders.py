@@ -20,6 +20,7 @@ LABEL_JOB = "finetune.dev/job"
 LABEL_STAGE = "finetune.dev/stage"
 LABEL_GENERATION = "finetune.dev/generation"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = "finetune-operator"
 
 CONTAINER = "trainer"
@@ -82,6 +83,9 @@ def build_job(
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs `finetune <stage> --run <run_uri>` for one generation."""
     labels = child_labels(name, generation, stage)
+    queue = spec.scheduling.queue_name or settings.default_queue
+    if queue:
+        labels[LABEL_KUEUE_QUEUE] = queue
     metadata: dict[str, Any] = {
         "name": stage_name(name, generation, stage),
         "namespace": namespace,
@@ -98,6 +102,10 @@ def build_job(
             "spec": _pod_spec(stage, spec.resources, settings, run_uri),
         },
     }
+    if queue:
+        job_spec["suspend"] = True  # Kueue un-suspends it once the queue admits it
+    if spec.scheduling.priority_class_name:
+        job_spec["template"]["spec"]["priorityClassName"] = spec.scheduling.priority_class_name
     # A run that never finishes fails instead of holding its GPU forever.
     job_spec["activeDeadlineSeconds"] = (
         (spec.resources.active_deadline_seconds or settings.train_deadline_seconds)

@@ -22,7 +22,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from finetune_core.api import ResolvedSpec, RunConfig
+from finetune_core.api import ResolvedSpec
 from finetune_core.layout import RunPaths
 from finetune_core.lifecycle import (
     STAGES,
@@ -32,10 +32,12 @@ from finetune_core.lifecycle import (
     RunState,
     decide,
     reads,
+    retrying,
 )
 from finetune_core.manifest import parse_manifest
 from finetune_core.promotion import ChampionChanged, PromotionError, promote
 from finetune_core.run_files import move_aside, read_run_files
+from finetune_core.runs import new_run_config
 from finetune_core.store import ArtifactStore
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
 from finetune_operator.kube import Kube
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 
 EventPoster = Callable[[Mapping[str, Any], Event], None]
 
+# Faults in a row before the Reconciling condition shows the one being retried.
+SHOW_FAULTS_AFTER = 3
 # A new generation takes two passes (record the new run, then start it); more would mean
 # decisions that never settle.
 MAX_PASSES = 4
@@ -96,15 +100,44 @@ class Controller:
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        self._failures: dict[tuple[str, str], int] = {}
 
     async def reconcile(self, namespace: str, name: str) -> None:
         """Bring one FineTuneJob as far as its observed state allows."""
         lock = self._locks.setdefault((namespace, name), asyncio.Lock())
         async with lock:
-            for _ in range(MAX_PASSES):
-                if not await self._pass(namespace, name):
-                    return
-            log.warning("%s/%s: still changing after %d passes", namespace, name, MAX_PASSES)
+            try:
+                for _ in range(MAX_PASSES):
+                    if not await self._pass(namespace, name):
+                        break
+                else:
+                    log.warning(
+                        "%s/%s: still changing after %d passes", namespace, name, MAX_PASSES
+                    )
+            except Exception as error:
+                await self._transient(namespace, name, error)
+                raise  # kopf retries the reconcile with back-off
+            self._failures.pop((namespace, name), None)
+
+    async def _transient(self, namespace: str, name: str, error: Exception) -> None:
+        """Count a fault the next pass may not meet; from the SHOW_FAULTS_AFTER-th in a row,
+        say in the Reconciling condition what is being retried (best effort: the API server
+        may be what fails)."""
+        key = (namespace, name)
+        self._failures[key] = count = self._failures.get(key, 0) + 1
+        if count < SHOW_FAULTS_AFTER:
+            return
+        detail = redact(f"{type(error).__name__}: {error}", self._secrets)
+        message = f"retrying after {count} failed attempts; the last: {detail}"
+        try:
+            obj = await self.kube.get_finetunejob(namespace, name)
+            if obj is None:
+                return
+            decision = retrying(run_state(obj, (), self.settings), datetime.now(UTC), message)
+            if decision.status:
+                await self.kube.patch_finetunejob_status(namespace, name, decision.status)
+        except Exception as also:
+            log.warning("%s/%s: could not record the retry: %s", namespace, name, also)
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)
@@ -174,6 +207,8 @@ class Controller:
             current = state.stage(stage)
             if current is None or current.outcome != "running" or current.ready:
                 continue
+            if current.queue is not None:
+                continue  # suspended by design until its queue admits it
             labels = child_labels(state.name, state.generation, stage)
             pods = await self.kube.list_pods(state.namespace, labels)
             job = next(j for j in jobs if j["metadata"]["name"] == current.name)
@@ -238,12 +273,5 @@ class Controller:
         await asyncio.to_thread(move_aside, self.store, paths, uid)
         if await asyncio.to_thread(self.store.exists, paths.config):
             return
-        config = RunConfig(
-            namespace=paths.namespace,
-            name=paths.name,
-            generation=paths.generation,
-            uid=uid,
-            spec=spec,
-            created_at=datetime.now(UTC),
-        )
+        config = new_run_config(paths, uid, spec)
         await asyncio.to_thread(self.store.put_json, paths.config, config.to_wire())

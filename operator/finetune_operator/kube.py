@@ -43,15 +43,16 @@ def load_configuration() -> client.Configuration:
 class Kube:
     """Async wrappers over the blocking client, one call per method."""
 
-    def __init__(self, api_client: client.ApiClient):
+    def __init__(self, api_client: client.ApiClient, timeout: float | None = None):
         self._client = api_client
+        self._timeout = timeout  # per request: a hung connection fails instead of blocking
         self._batch = client.BatchV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
 
     @classmethod
-    def connect(cls) -> Kube:
-        return cls(client.ApiClient(load_configuration()))
+    def connect(cls, timeout: float | None = None) -> Kube:
+        return cls(client.ApiClient(load_configuration()), timeout)
 
     def close(self) -> None:
         self._client.close()
@@ -59,8 +60,9 @@ class Kube:
     async def _call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One API call in a thread, bounded in time: a stalled connection is an error the
         reconcile retries, never a reconcile that hangs."""
+        timeout = REQUEST_TIMEOUT if self._timeout is None else self._timeout
         response = await asyncio.to_thread(
-            call, *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs
+            call, *args, _preload_content=False, _request_timeout=timeout, **kwargs
         )
         return json.loads(response.data or b"null")
 
@@ -107,11 +109,12 @@ class Kube:
 
     async def create_job(self, job: Mapping[str, Any]) -> bool:
         """Create a Job; False when one of that name exists already (the same run's Job:
-        names are deterministic), which is not an error."""
+        names are deterministic), which is not an error. Any other 409 (Conflict) created
+        nothing and is raised, to be retried."""
         try:
             await self._call(self._batch.create_namespaced_job, job["metadata"]["namespace"], job)
         except ApiException as error:
-            if error.status == 409:
+            if error.status == 409 and status_reason(error) == "AlreadyExists":
                 return False
             raise
         return True
@@ -133,3 +136,13 @@ class Kube:
 def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     present = (obj.get("metadata") or {}).get("labels") or {}
     return all(present.get(key) == value for key, value in labels.items())
+
+
+def status_reason(error: ApiException) -> str | None:
+    """The reason of the API server's Status in an error's body (AlreadyExists, Conflict,
+    ...): the HTTP reason phrase alone does not tell an existing object from a conflict."""
+    try:
+        body = json.loads(error.body or b"null")
+    except ValueError:
+        return None
+    return body.get("reason") if isinstance(body, dict) else None

@@ -16,7 +16,7 @@ from finetune_core.lifecycle import (
     stage_name,
 )
 from finetune_core.manifest import InvalidManifest, Problem, parse_manifest
-from finetune_operator.builders import LABEL_MANAGED_BY, MANAGED_BY
+from finetune_operator.builders import LABEL_KUEUE_QUEUE, LABEL_MANAGED_BY, MANAGED_BY
 from finetune_operator.settings import OperatorSettings
 
 
@@ -35,6 +35,9 @@ def stage_state(job: Mapping[str, Any]) -> StageState:
             reason=failed.get("reason") or Reason.JOB_FAILED,
             message=failed.get("message") or "",
         )
+    if (job.get("spec") or {}).get("suspend"):
+        queue = ((job["metadata"].get("labels") or {}).get(LABEL_KUEUE_QUEUE)) or ""
+        return StageState(name, "running", queue=queue or "(none)")
     return StageState(name, "running", ready=(status.get("ready") or 0) > 0)
 
 
@@ -110,6 +113,7 @@ def run_state(
         superseded=superseded,
         leftovers=tuple(sorted(job["metadata"]["name"] for job in leftovers)),
         uid=uid,
+        gpu_capacity_gib=settings.gpu_memory_gib if spec and spec.resources.gpus else None,
     )
 
 

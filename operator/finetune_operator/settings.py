@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 MI300X_NODE_SELECTOR = {"amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM"}
 AMD_GPU_TOLERATION = {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -44,6 +44,16 @@ ENV = {
     "FINETUNE_STUCK_POD_SECONDS": "stuck_pod_seconds",
     "FINETUNE_TERMINATION_GRACE_SECONDS": "termination_grace_seconds",
     "FINETUNE_ALLOWED_TOLERATIONS": "allowed_tolerations",
+    "FINETUNE_DEFAULT_QUEUE": "default_queue",
+    "FINETUNE_GPU_MEMORY_GIB": "gpu_memory_gib",
+    "FINETUNE_LEADER_ELECTION": "leader_election",
+    "FINETUNE_LEASE_NAME": "lease_name",
+    "FINETUNE_LEASE_NAMESPACE": "lease_namespace",
+    "FINETUNE_LEASE_DURATION": "lease_duration_seconds",
+    "FINETUNE_LEASE_RENEW_DEADLINE": "lease_renew_deadline_seconds",
+    "FINETUNE_LEASE_RETRY_PERIOD": "lease_retry_period_seconds",
+    "FINETUNE_LEADER_IDENTITY": "leader_identity",
+    "FINETUNE_API_TIMEOUT": "api_timeout_seconds",
 }
 
 
@@ -126,11 +136,59 @@ class OperatorSettings(BaseModel):
         "A job author must not place pods on arbitrary tainted nodes.",
     )
 
+    gpu_memory_gib: float = Field(
+        default=192.0,
+        gt=0,
+        description="One GPU's memory in GiB (MI300X: 192): a run estimated to need more fails "
+        "before any pod is created.",
+    )
+    default_queue: str | None = Field(
+        default=None,
+        description="Kueue LocalQueue for FineTuneJobs that name none (spec.scheduling.queueName).",
+    )
+
     def toleration_allowed(self, toleration: Mapping[str, Any]) -> bool:
         allowed = self.tolerations if self.allowed_tolerations is None else self.allowed_tolerations
         fields = ("key", "operator", "value", "effect")
         wanted = tuple(toleration.get(f) for f in fields)
         return any(tuple(a.get(f) for f in fields) == wanted for a in allowed)
+
+    # Leader election (finetune_operator.leader): only the holder of the Lease reconciles.
+    leader_election: bool = Field(
+        default=True, description="Off: this process reconciles without taking the Lease."
+    )
+    lease_name: str = "finetune-operator"
+    lease_namespace: str | None = Field(
+        default=None, description="Empty: the operator's own namespace (its service account's)."
+    )
+    lease_duration_seconds: float = Field(default=15.0, ge=1)
+    lease_renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    lease_retry_period_seconds: float = Field(default=2.0, gt=0)
+    leader_identity: str | None = Field(
+        default=None,
+        description="Who holds the Lease; empty: the host name and a random suffix. The chart "
+        "sets the pod name, so a restarted container takes its Lease back at once.",
+    )
+
+    api_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Limit of one Kubernetes API request (a watch: of its connection); a "
+        "request that hangs longer fails and its reconcile is retried.",
+    )
+
+    @model_validator(mode="after")
+    def _lease_timing(self) -> OperatorSettings:
+        # The leader must give up before anyone else may take over, and retry in between.
+        if not self.lease_renew_deadline_seconds < self.lease_duration_seconds:
+            raise ValueError(
+                "lease_renew_deadline_seconds must be less than lease_duration_seconds"
+            )
+        if not self.lease_retry_period_seconds < self.lease_renew_deadline_seconds:
+            raise ValueError(
+                "lease_retry_period_seconds must be less than lease_renew_deadline_seconds"
+            )
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -154,5 +212,14 @@ class OperatorSettings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as error:
             first = error.errors()[0]
+            if not first["loc"]:  # a rule across fields (the lease timings)
+                raise ValueError(_variables(first["msg"])) from None
             variable = next(v for v, f in ENV.items() if f == first["loc"][0])
             raise ValueError(f"{variable}: {first['msg']}") from None
+
+
+def _variables(message: str) -> str:
+    """A message about fields, in the names of their environment variables."""
+    for variable, field in ENV.items():
+        message = message.replace(field, variable)
+    return message.removeprefix("Value error, ")

@@ -144,15 +144,9 @@ class KubeClient:
             payload = raw.decode(errors="replace")
         return response.status, payload
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        content_type: str = "application/json",
-        params: Mapping[str, str] | None = None,
-    ) -> Any:
-        status, payload = self.request(method, path, body, content_type, params)
+    def call(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        """request(), raising ApiError unless it succeeded."""
+        status, payload = self.request(method, path, *args, **kwargs)
         if status >= 300:
             raise ApiError(method, path, status, payload)
         return payload

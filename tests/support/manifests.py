@@ -22,6 +22,21 @@ SMALL_SPEC: dict[str, Any] = {
 }
 
 
+# Resources at the edges of what a cluster accepts (quantities, labels, tolerations).
+EDGE_RESOURCES: dict[str, Any] = {
+    "cpu": "500m",
+    "memory": "64Gi",
+    "shmSize": "1.5Gi",
+    "nodeSelector": {"kubernetes.io/hostname": "node-1", "pool": ""},
+    "tolerations": [
+        {"operator": "Exists"},
+        {"key": "amd.com/gpu", "operator": "Exists", "value": "", "effect": "NoSchedule"},
+        {"key": "dedicated", "value": "ml", "effect": "NoExecute"},
+        {"key": "dedicated", "operator": "Equal", "value": ""},
+    ],
+}
+
+
 def finetunejob(
     name: str = "demo",
     *,

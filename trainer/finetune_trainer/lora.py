@@ -42,20 +42,24 @@ def check_target_modules(loaded: LoadedModel, spec: ResolvedSpec) -> None:
         )
 
 
+def lora_settings(spec: ResolvedSpec) -> dict[str, Any]:
+    """The adapter as the spec describes it, in the keywords peft and unsloth share."""
+    return {
+        "r": spec.lora_r,
+        "lora_alpha": spec.lora_alpha,
+        "lora_dropout": spec.lora_dropout,
+        "target_modules": peft_targets(spec.target_modules),
+        "bias": "none",
+    }
+
+
 def add_lora(loaded: LoadedModel, spec: ResolvedSpec) -> Any:
     """The model wrapped with a fresh LoRA adapter from the resolved spec."""
     if loaded.backend == "unsloth":
         return _add_unsloth_lora(loaded, spec)
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(
-        r=spec.lora_r,
-        lora_alpha=spec.lora_alpha,
-        lora_dropout=spec.lora_dropout,
-        target_modules=peft_targets(spec.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    config = LoraConfig(**lora_settings(spec), task_type="CAUSAL_LM")
     torch.manual_seed(spec.seed)  # the adapter's initial weights
     return get_peft_model(loaded.model, config)
 
@@ -71,11 +75,7 @@ def _add_unsloth_lora(loaded: LoadedModel, spec: ResolvedSpec) -> Any:
         )
     return FastLanguageModel.get_peft_model(
         loaded.model,
-        r=spec.lora_r,
-        lora_alpha=spec.lora_alpha,
-        lora_dropout=spec.lora_dropout,
-        target_modules=peft_targets(spec.target_modules),
-        bias="none",
+        **lora_settings(spec),
         use_gradient_checkpointing="unsloth",
         random_state=spec.seed,
         max_seq_length=spec.max_seq_length,

@@ -91,16 +91,9 @@ class StopOnNonFiniteLoss(TrainerCallback):
     """A NaN or infinite training or eval loss ends the run at once, naming the step: training
     on from there only wastes the GPU, and nothing it produced may be promoted."""
 
-    def on_log(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        logs: dict[str, float] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def on_log(self, args: Any, state: TrainerState, control: Any, **kwargs: Any) -> None:
         for key in ("loss", "eval_loss"):
-            value = (logs or {}).get(key)
+            value = (kwargs.get("logs") or {}).get(key)
             if value is not None:
                 check_finite_loss(key.replace("_", " "), float(value), state.global_step)
 

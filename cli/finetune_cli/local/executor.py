@@ -59,7 +59,7 @@ from finetune_core.lifecycle import (
 from finetune_core.manifest import InvalidManifest
 from finetune_core.promotion import ChampionChanged, PromotionError, promote
 from finetune_core.run_files import read_run_files
-from finetune_core.runs import RunSnapshot, latest_run, save_status
+from finetune_core.runs import RunSnapshot, latest_run, new_run_config, save_status
 from finetune_core.store import (
     ArtifactStore,
     S3Store,
@@ -302,14 +302,7 @@ def _run(
     # that status.runs keeps the history.
     raw_status = latest.status.to_wire() if latest is not None else {}
     if choice.action == "start":
-        config = RunConfig(
-            namespace=job.namespace,
-            name=job.name,
-            generation=choice.generation,
-            uid=job.uid,
-            spec=job.spec,
-            created_at=datetime.now(UTC),
-        )
+        config = new_run_config(run, job.uid, job.spec)
         store.put_json(run.config, config.to_wire())
     with _executor(
         console, store, job, choice.generation, raw_status, endpoint, command

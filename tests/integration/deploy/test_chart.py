@@ -104,6 +104,8 @@ def test_chart_crd_is_the_generated_crd() -> None:
         ({"trainer": {"huggingfaceCache": {"claim": "hf"}}}, "/trainer/huggingfaceCache"),
         ({"storage": {"uri": "s3://typo"}}, "storage"),
         ({"rbac": {"scope": "namespaced"}}, "watchNamespaces"),
+        ({"replicas": 0}, "/replicas"),
+        ({"leaderElection": {"leaseDurationSeconds": "15s"}}, "/leaderElection"),
     ],
 )
 def test_bad_values_fail_rendering_naming_the_key(values: dict[str, Any], named: str) -> None:
@@ -142,6 +144,16 @@ def test_operator_env_is_exactly_the_settings_and_parses(
     assert settings.log_format == values["logFormat"]
     assert settings.metrics_port == values["metrics"]["port"]
     assert settings.health_port == values["health"]["port"]
+    assert settings.api_timeout_seconds == values["apiTimeoutSeconds"]
+    election = values["leaderElection"]
+    assert settings.leader_election == election["enabled"]
+    assert settings.lease_name == election["leaseName"]
+    assert settings.lease_duration_seconds == election["leaseDurationSeconds"]
+    assert settings.lease_renew_deadline_seconds == election["renewDeadlineSeconds"]
+    assert settings.lease_retry_period_seconds == election["retryPeriodSeconds"]
+    env = container_env(one(objects, "Deployment"))
+    assert env["FINETUNE_LEASE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["FINETUNE_LEADER_IDENTITY"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def test_store_credentials_come_only_from_the_existing_secret() -> None:
@@ -160,8 +172,9 @@ def test_operator_deployment_is_locked_down_and_probed(
 ) -> None:
     values, objects = scenario
     deployment = one(objects, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == values["replicas"]
+    # With leader election a new pod may start beside the old one: it waits for the Lease.
+    assert "strategy" not in deployment["spec"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is True
     (container,) = pod["containers"]
@@ -269,3 +282,16 @@ def test_chart_values_reach_the_training_and_benchmark_pods() -> None:
         assert limits["cache"] == "100Gi" and limits["tmp"] == "2Gi"
         (container,) = pod["containers"]
         assert container["resources"]["requests"]["ephemeral-storage"] == "120Gi"
+
+
+def test_replicas_wait_for_the_lease_or_stay_one() -> None:
+    deployment = one(render_chart({"replicas": 2}), "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert operator_settings(deployment).leader_election is True
+    single = one(render_chart({"leaderElection": {"enabled": False}}), "Deployment")
+    assert single["spec"]["replicas"] == 1
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
+    assert operator_settings(single).leader_election is False
+    with pytest.raises(helm.HelmError) as failure:
+        render_chart({"replicas": 2, "leaderElection": {"enabled": False}})
+    assert "leaderElection" in str(failure.value)

@@ -44,6 +44,8 @@ def test_base_holds_the_whole_install_and_validates(base: list[dict[str, Any]]) 
         "CustomResourceDefinition",
         "Deployment",
         "Namespace",
+        "Role",
+        "RoleBinding",
         "ServiceAccount",
     ]
     assert schema_problems(base) == []

@@ -39,18 +39,50 @@ DISCOVERY_PERMISSIONS: set[Permission] = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
+# Leader election, only in the operator's own namespace: the Lease named LEASE (create
+# cannot be limited to a name).
+LEASE = "finetune-operator"
+LEADER_ELECTION_PERMISSIONS: set[Permission] = {
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", f"leases/{LEASE}", "get"),
+    ("coordination.k8s.io", f"leases/{LEASE}", "patch"),
+}
+LEADER_ELECTION_ROLE = "finetune-operator-leader-election"
 ROLE_KINDS = ("Role", "ClusterRole")
 
 
 def permissions(role: dict[str, Any]) -> set[Permission]:
+    """(group, resource, verb); a rule limited to names gives `resource/name`."""
     granted = set()
     for rule in role["rules"]:
-        assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected rule fields: {rule}"
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, (
+            f"unexpected rule fields: {rule}"
+        )
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                for verb in rule["verbs"]:
-                    granted.add((group, resource, verb))
+                for name in rule.get("resourceNames") or [None]:
+                    for verb in rule["verbs"]:
+                        granted.add(
+                            (group, resource if name is None else f"{resource}/{name}", verb)
+                        )
     return granted
+
+
+def leader_election_role(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one Role for the Lease: in the operator's namespace, bound to its account."""
+    role = one(objects, "Role", LEADER_ELECTION_ROLE)
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    binding = one(objects, "RoleBinding", LEADER_ELECTION_ROLE)
+    assert binding["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": LEADER_ELECTION_ROLE,
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": RELEASE, "namespace": RELEASE_NAMESPACE}
+    ]
+    return role
 
 
 def plain_rbac() -> list[dict[str, Any]]:
@@ -89,6 +121,9 @@ def test_no_wildcards_and_no_secrets_anywhere(sources: dict[str, list[dict[str, 
                 assert resource != "secrets", f"{source}: the operator must not read Secrets"
                 assert verb not in {"deletecollection", "escalate", "bind", "impersonate"}
                 assert verb != "delete" or (group, resource) == ("batch", "jobs")
+                assert group != "coordination.k8s.io" or role["kind"] == "Role", (
+                    f"{source}: Leases only in a namespaced Role"
+                )
 
 
 def test_cluster_scope_grants_exactly_what_the_operator_uses(
@@ -97,8 +132,9 @@ def test_cluster_scope_grants_exactly_what_the_operator_uses(
     for source in ("chart cluster", "manifests/rbac", "kustomize base"):
         objects = sources[source]
         (role,) = find(objects, "ClusterRole")
-        assert not find(objects, "Role")
+        assert [r["metadata"]["name"] for r in find(objects, "Role")] == [LEADER_ELECTION_ROLE]
         assert permissions(role) == NAMESPACED_PERMISSIONS | DISCOVERY_PERMISSIONS, source
+        assert permissions(leader_election_role(objects)) == LEADER_ELECTION_PERMISSIONS, source
         binding = one(objects, "ClusterRoleBinding")
         assert binding["roleRef"] == {
             "apiGroup": "rbac.authorization.k8s.io",
@@ -119,7 +155,8 @@ def test_namespaced_scope_grants_jobs_access_only_in_watched_namespaces(
     sources: dict[str, list[dict[str, Any]]],
 ) -> None:
     objects = sources["chart namespaced"]
-    roles = find(objects, "Role")
+    assert permissions(leader_election_role(objects)) == LEADER_ELECTION_PERMISSIONS
+    roles = [r for r in find(objects, "Role") if r["metadata"]["name"] != LEADER_ELECTION_ROLE]
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
     for role in roles:
         assert permissions(role) == NAMESPACED_PERMISSIONS
@@ -127,7 +164,9 @@ def test_namespaced_scope_grants_jobs_access_only_in_watched_namespaces(
     assert permissions(cluster_role) == DISCOVERY_PERMISSIONS
 
     subject = {"kind": "ServiceAccount", "name": RELEASE, "namespace": RELEASE_NAMESPACE}
-    bindings = find(objects, "RoleBinding")
+    bindings = [
+        b for b in find(objects, "RoleBinding") if b["metadata"]["name"] != LEADER_ELECTION_ROLE
+    ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"
@@ -142,3 +181,12 @@ def test_rbac_can_be_left_to_the_platform_team() -> None:
         for kind in (*ROLE_KINDS, "RoleBinding", "ClusterRoleBinding")
         for obj in find(objects, kind)
     ]
+
+
+def test_the_lease_role_follows_the_leader_election_values() -> None:
+    renamed = render_chart({"leaderElection": {"leaseName": "ft-leader"}})
+    assert ("coordination.k8s.io", "leases/ft-leader", "patch") in permissions(
+        one(renamed, "Role", LEADER_ELECTION_ROLE)
+    )
+    off = render_chart({"leaderElection": {"enabled": False}})
+    assert not find(off, "Role") and not find(off, "RoleBinding")

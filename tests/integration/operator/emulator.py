@@ -7,9 +7,12 @@ subclass adds it, in the spirit of the real server:
   generation (1 on create, +1 when anything outside metadata and status changes), the
   namespace of the URL, and a name for `generateName` (kopf's Events);
 - PATCH: JSON patch with a failing `test` op answers 422 (kopf retries its finalizer patch
-  on it), merge patch per RFC 7386; a no-op patch changes nothing (no new version, no watch
+  on it), merge patch per RFC 7386, with a `metadata.resourceVersion` in it as a
+  precondition (409 Conflict when stale); a no-op patch changes nothing (no new version, no watch
   event); with a status subresource, /status changes only .status and the main endpoint
   never changes .status;
+- optionally (`faults`), a seeded share of the operator's requests answered with 500, 429,
+  409 or a stall, for the chaos suite;
 - lists honour labelSelector and carry the current resourceVersion; a watch takes its
   snapshot (or, with ?resourceVersion=, the events after it) and subscribes in one step,
   so nothing that happens meanwhile is lost.
@@ -20,12 +23,14 @@ It overrides kmock internals (`_handle`, `_serve_list`, `_serve_watch`, `_lock`,
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime
+import random
 import secrets
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -68,10 +73,59 @@ def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in obj.items() if key not in ("metadata", "status")}
 
 
+# The operator's two clients (kopf's and the official one); the tests' own requests, which
+# play the Job controller and the users, are never faulted.
+OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
+FAULT_KINDS = ("500", "429", "409", "stall")
+
+
+@attrs.define
+class Faults:
+    """Answer a share of the operator's requests (seeded) as an overloaded or racing API
+    server would: 500 InternalError, 429 TooManyRequests, 409 Conflict (only where a server
+    can answer it: a create, patch or delete), or a stalled connection (the request waits
+    `stall_seconds` and is then served, so a client that gave up may find it done)."""
+
+    rate: float
+    seed: int
+    stall_seconds: float = 4.0
+    kinds: tuple[str, ...] = FAULT_KINDS
+    # Targeted faults for a test: only requests `only` accepts, at most `limit` of them.
+    only: Callable[[rendering.Request], bool] | None = None
+    limit: int | None = None
+    injected: Counter[str] = attrs.field(factory=Counter, init=False)
+    _random: random.Random = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def draw(self, request: rendering.Request) -> str | None:
+        agent = next(
+            (value for key, value in request.headers.items() if key.lower() == "user-agent"), ""
+        )
+        if not agent.startswith(OPERATOR_AGENTS) or (self.only and not self.only(request)):
+            return None
+        if self.limit is not None and self.total >= self.limit:
+            return None
+        if self._random.random() >= self.rate:
+            return None
+        kinds = [kind for kind in self.kinds if kind != "409" or request.action in MUTATIONS]
+        if not kinds:
+            return None
+        kind = self._random.choice(kinds)
+        self.injected[kind] += 1
+        return kind
+
+    @property
+    def total(self) -> int:
+        return sum(self.injected.values())
+
+
 @attrs.define(kw_only=True)
 class ApiServer(kmock.KubernetesEmulator):
     """A KubernetesEmulator that behaves like an API server where kopf can tell."""
 
+    faults: Faults | None = None
     _revision: int = attrs.field(default=0, init=False)
     _changes: dict[references.resource, list[tuple[int, dict[str, Any]]]] = attrs.field(
         factory=lambda: defaultdict(list), init=False
@@ -80,7 +134,29 @@ class ApiServer(kmock.KubernetesEmulator):
     def _has_status(self, resource: references.resource) -> bool:
         return resource in self.resources and "status" in self.resources[resource].subresources
 
+    def created(self, resource: references.resource) -> list[dict[str, Any]]:
+        """Every object of a resource ever created, in order (deleted ones too)."""
+        return [event["object"] for _, event in self._changes[resource] if event["type"] == "ADDED"]
+
     async def _handle(self, request: rendering.Request) -> Any:
+        fault = self.faults.draw(request) if self.faults is not None else None
+        if fault == "stall":
+            await asyncio.sleep(self.faults.stall_seconds if self.faults else 0)
+        elif fault == "500":
+            raise kmock.KubernetesError(status=500, reason="InternalError", message="injected")
+        elif fault == "429":
+            raise kmock.KubernetesError(
+                status=429,
+                reason="TooManyRequests",
+                message="injected",
+                details={"retryAfterSeconds": 1},
+            )
+        elif fault == "409":
+            raise kmock.KubernetesError(
+                status=409,
+                reason="Conflict",
+                message="Operation cannot be fulfilled: the object has been modified (injected)",
+            )
         if request.resource is not None and request.action in MUTATIONS:
             async with self._lock:
                 await self._mutate(request)
@@ -142,6 +218,15 @@ class ApiServer(kmock.KubernetesEmulator):
                     status=422, reason="Invalid", message=str(error)
                 ) from None
         elif isinstance(request.data, Mapping):
+            # A resourceVersion in the patch is a precondition (optimistic concurrency, as
+            # leader election relies on): a stale one answers 409 Conflict.
+            expected = (request.data.get("metadata") or {}).get("resourceVersion")
+            if expected is not None and expected != current["metadata"].get("resourceVersion"):
+                raise kmock.KubernetesError(
+                    status=409,
+                    reason="Conflict",
+                    message=f"{key[2]}: the object has been modified",
+                )
             patched = merge_patch(current, request.data)
         else:
             raise kmock.KubernetesError(status=400, reason="BadRequest", message="no patch")

@@ -33,6 +33,7 @@ FINETUNEJOBS = kmock.resource("finetune.dev", "v1alpha1", "finetunejobs")
 JOBS = kmock.resource("batch", "v1", "jobs")
 PODS = kmock.resource("", "v1", "pods")
 EVENTS = kmock.resource("", "v1", "events")
+LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 FTJ_URL = f"/apis/finetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs"
 JOBS_URL = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
 PODS_URL = f"/api/v1/namespaces/{NAMESPACE}/pods"
@@ -53,6 +54,13 @@ def declare_resources(api: ApiServer) -> None:
         shortnames={"ftj"},
         categories={"finetune"},
         subresources={"status"},
+    )
+    # Leader election (finetune_operator.leader).
+    api.resources[LEASES] = kmock.ResourceInfo(
+        kind="Lease",
+        singular="lease",
+        namespaced=True,
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
     )
 
 
@@ -258,6 +266,15 @@ class Cluster:
             "PATCH",
             f"{JOBS_URL}/{job}/status",
             {"status": dict(status)},
+            "application/merge-patch+json",
+        )
+
+    async def admit(self, job: str) -> None:
+        """What Kueue does when the queue admits a suspended Job."""
+        await self._request(
+            "PATCH",
+            f"{JOBS_URL}/{job}",
+            {"spec": {"suspend": False}},
             "application/merge-patch+json",
         )
 

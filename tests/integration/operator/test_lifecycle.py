@@ -223,3 +223,36 @@ async def test_a_recreated_job_never_reads_or_adopts_its_predecessors_run(
     await cluster.job_running(new_train["metadata"]["name"])
     status = await cluster.wait_for_phase("again", "Training")
     assert status.get("metrics") is None
+
+
+async def test_a_queued_job_waits_for_kueue_and_then_runs(cluster: Cluster) -> None:
+    """Both Jobs are created suspended in the queue; the run says it waits in the queue
+    until Kueue admits the Job (the test un-suspends it, as Kueue would), then goes on."""
+    await cluster.create(small_job("queued", cluster.dataset, scheduling={"queueName": "mi300x"}))
+    run = cluster.run("queued")
+    train = await cluster.wait_for_job("queued", 1, "train")
+    assert train["spec"]["suspend"] is True
+    assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "mi300x"
+    await cluster.wait_for(
+        lambda: cluster.condition("queued", "Reconciling")["reason"] == "Queued", "Queued"
+    )
+    assert cluster.status("queued")["phase"] == "Pending"
+    assert "queue mi300x" in cluster.condition("queued", "Reconciling")["message"]
+
+    await cluster.admit(train["metadata"]["name"])
+    await cluster.job_running(train["metadata"]["name"])
+    await cluster.wait_for_phase("queued", "Training")
+    cluster.pod_trained(run)
+    await cluster.job_succeeded(train["metadata"]["name"])
+
+    bench = await cluster.wait_for_job("queued", 1, "benchmark")
+    assert bench["spec"]["suspend"] is True
+    await cluster.wait_for(
+        lambda: cluster.condition("queued", "Reconciling")["reason"] == "Queued",
+        "the benchmark Queued",
+    )
+    assert cluster.status("queued")["phase"] == "Benchmarking"
+    await cluster.admit(bench["metadata"]["name"])
+    cluster.pod_benchmarked(run)
+    await cluster.job_succeeded(bench["metadata"]["name"])
+    await cluster.wait_for_phase("queued", "Promoted")

@@ -62,7 +62,8 @@ async def test_operator_process_probes_metrics_and_clean_stop(
             await cluster.wait_for_phase("proc", "Pending")
 
             status, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{health}/healthz")
-            assert (status, json.loads(body)) == (200, {})  # kopf's probe: alive, no extra probes
+            # The only operator: it holds the Lease (a standby answers 200 with false).
+            assert (status, json.loads(body)) == (200, {"leader": True})
 
             def scrape() -> str | None:
                 text = http_get(f"http://127.0.0.1:{metrics}/metrics")[1]

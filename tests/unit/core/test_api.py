@@ -6,7 +6,7 @@ import pytest
 
 from finetune_core.api import FineTuneJobSpec
 from finetune_core.manifest import InvalidManifest, parse_manifest
-from tests.support.manifests import finetunejob
+from tests.support.manifests import EDGE_RESOURCES, finetunejob
 
 
 def _spec(**overrides: object) -> FineTuneJobSpec:
@@ -66,18 +66,7 @@ def test_values_the_cluster_accepts_pass() -> None:
         dataset={"uri": "s3://datasets/cerberus/v3.jsonl", "sha256": "0" * 63 + "f"},
         model={"name": "s3://models/phi-4/"},
         training={"seed": 2**32 - 1, "warmupSteps": 10000},
-        resources={
-            "cpu": "500m",
-            "memory": "64Gi",
-            "shmSize": "1.5Gi",
-            "nodeSelector": {"kubernetes.io/hostname": "node-1", "pool": ""},
-            "tolerations": [
-                {"operator": "Exists"},
-                {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                {"key": "dedicated", "value": "ml", "effect": "NoExecute"},
-                {"key": "dedicated", "operator": "Equal", "value": ""},
-            ],
-        },
+        resources=EDGE_RESOURCES,
         benchmark={"samples": 1000, "warmup": 100},
     )
     assert spec.dataset.sha256 == "0" * 63 + "f"

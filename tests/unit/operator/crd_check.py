@@ -55,6 +55,9 @@ def _rule_problems(schema: Schema, value: Any, path: str) -> list[str]:
             passed = bool(program.evaluate({"self": celpy.json_to_cel(value)}))
         except celpy.CELEvalError:  # a field the rule reads is missing
             passed = False
+        except ValueError:  # an integer beyond int64, which the API server refuses anyway
+            problems.append(f"{path or '<root>'}: a number out of the int64 range")
+            continue
         if not passed:
             problems.append(f"{path or '<root>'}: {rule['message']}")
     if isinstance(value, dict):

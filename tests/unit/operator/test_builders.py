@@ -32,16 +32,17 @@ OVERRIDES: dict[str, Any] = {
 RESOURCE_CASES: dict[str, dict[str, Any]] = {
     "gpu": {"gpus": 1},
     "cpu": {"gpus": 0},
-    "overrides": {"gpus": 2, **OVERRIDES},
+    "overrides": {"gpus": 1, **OVERRIDES},
 }
 
 
-def make_spec(resources: dict[str, Any]) -> FineTuneJobSpec:
+def make_spec(resources: dict[str, Any], **sections: Any) -> FineTuneJobSpec:
     return FineTuneJobSpec.model_validate(
         {
             "model": {"preset": "phi-4"},
             "dataset": {"uri": "s3://datasets/agent1/curated-v1.jsonl"},
             "resources": resources,
+            **sections,
         }
     )
 
@@ -56,6 +57,7 @@ def job(
     uid: str | None = UID,
     config: OperatorSettings | None = None,
     run_uri: str = RUN_URI,
+    **sections: Any,
 ) -> dict[str, Any]:
     return build_job(
         stage,
@@ -63,7 +65,7 @@ def job(
         namespace="ml",
         generation=3,
         uid=uid,
-        spec=make_spec(resources if resources is not None else {"gpus": 1}),
+        spec=make_spec(resources if resources is not None else {"gpus": 1}, **sections),
         settings=config or settings(),
         run_uri=run_uri,
     )
@@ -290,10 +292,10 @@ def test_image_and_service_account_from_the_settings() -> None:
 
 
 def test_gpu_job_gets_the_gpu_and_the_gpu_nodes() -> None:
-    built = job(resources={"gpus": 2})
+    built = job(resources={"gpus": 1})
     assert container(built)["resources"] == {
-        "requests": {"amd.com/gpu": "2", "ephemeral-storage": "32Gi"},
-        "limits": {"amd.com/gpu": "2"},
+        "requests": {"amd.com/gpu": "1", "ephemeral-storage": "32Gi"},
+        "limits": {"amd.com/gpu": "1"},
     }
     assert pod(built)["nodeSelector"] == {"amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM"}
     assert pod(built)["tolerations"] == [
@@ -355,3 +357,16 @@ def test_invalid_input_fails_the_job_without_retries(stage: StageName) -> None:
     assert {"type": "DisruptionTarget", "status": "True"} in rules[1]["onPodConditions"]
     assert rules[1]["action"] == "Ignore"
     assert container(job(stage))["name"] == "trainer"
+
+
+def test_a_queued_job_is_created_suspended_with_kueues_label() -> None:
+    """Kueue admits it against the queue's quota by un-suspending it."""
+    queued = job("train", scheduling={"queueName": "mi300x", "priorityClassName": "research"})
+    assert queued["spec"]["suspend"] is True
+    assert queued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "mi300x"
+    assert queued["spec"]["template"]["spec"]["priorityClassName"] == "research"
+    by_default = job("benchmark", config=settings(default_queue="team-a"))
+    assert by_default["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    plain = job("train")
+    assert "suspend" not in plain["spec"]
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from finetune_core.api import MAX_NAME_LENGTH
 from finetune_core.syntax import LABEL_VALUE_PATTERN, QUANTITY_PATTERN
 from finetune_operator.crd import Schema, crd_dict, crd_yaml, node_at, structural_schema
-from tests.support.manifests import finetunejob
+from tests.support.manifests import EDGE_RESOURCES, finetunejob
 
 from .crd_check import EXAMPLE_FILES, REPO, crd_problems, open_api_schema
 
@@ -264,18 +264,7 @@ def test_conversion_refuses_what_a_structural_schema_cannot_say(
 
 
 def test_values_the_cluster_accepts_pass_the_new_rules() -> None:
-    resources = {
-        "cpu": "500m",
-        "memory": "64Gi",
-        "shmSize": "1.5Gi",
-        "nodeSelector": {"kubernetes.io/hostname": "node-1", "pool": ""},
-        "tolerations": [
-            {"operator": "Exists"},
-            {"key": "amd.com/gpu", "operator": "Exists", "value": "", "effect": "NoSchedule"},
-            {"key": "dedicated", "value": "ml", "effect": "NoExecute"},
-            {"key": "dedicated", "operator": "Equal", "value": ""},
-        ],
-    }
+    resources = EDGE_RESOURCES
     dataset = {"uri": "s3://datasets/v3.jsonl", "sha256": "0123456789abcdef" * 4}
     training = {"seed": 2**32 - 1, "warmupSteps": 10000}
     assert crd_problems(_job(resources=resources, dataset=dataset, training=training)) == []

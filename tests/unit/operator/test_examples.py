@@ -27,6 +27,7 @@ EXPECTED_EXAMPLES = {
     "qwen3-challenger.yaml",
     "mistral-nemo-hybrid.yaml",
     "mistral-7b-instruct-cerberus.yaml",
+    "queued-phi4.yaml",
 }
 
 

@@ -24,6 +24,7 @@ from finetune_core.lifecycle import (
     Step,
     decide,
     merge_patch,
+    retrying,
     stage_name,
 )
 from finetune_core.lifecycle import reads as lifecycle_reads
@@ -782,3 +783,13 @@ def test_a_stage_the_api_refuses_for_good_fails_the_run_with_the_servers_words()
     assert (decision.create, decision.status["phase"]) == (None, "Failed")
     assert decision.status["conditions"][0]["reason"] == "JobRejected"
     assert "jobs.batch is forbidden" in decision.status["message"]
+
+
+def test_a_run_meeting_transient_faults_says_so_in_its_reconciling_condition() -> None:
+    training = run_state(at_phase("Training"))
+    decision = retrying(training, NOW, "retrying after 3 failed attempts; the last: timeout")
+    [reconciling] = [c for c in decision.status["conditions"] if c["type"] == "Reconciling"]
+    assert (reconciling["status"], reconciling["reason"]) == ("True", "Retrying")
+    assert reconciling["message"].endswith("the last: timeout")
+    assert "phase" not in decision.status and not decision.events
+    assert retrying(run_state(at_phase("Promoted")), NOW, "x") == NOTHING
