@@ -115,7 +115,10 @@ def percentile_interval(
         ]
     except (OverflowError, ValueError):
         return None
-    return min(fit[0] for fit in fits), max(fit[1] for fit in fits)
+    # A fast outlier inflates every fit's spread and can lift all three lower bounds above
+    # the measured percentile: no bound excludes what was measured.
+    measured = percentile(ordered, q)
+    return min(measured, *(fit[0] for fit in fits)), max(measured, *(fit[1] for fit in fits))
 
 
 @dataclass(frozen=True)
