@@ -495,12 +495,50 @@ class BenchmarkSpec(ApiModel):
         le=MAX_SAMPLES,
         description=f"Measured samples per profile, 1..{MAX_SAMPLES} (enough for a p99).",
     )
+    max_samples: int = Field(
+        default=60,
+        strict=True,
+        ge=1,
+        le=MAX_SAMPLES,
+        description="Most measured samples per profile when the first `samples` leave the "
+        f"verdict open (see confidence), 1..{MAX_SAMPLES}; below `samples` it is `samples`.",
+    )
+    confidence: float = Field(
+        default=0.95,
+        strict=True,
+        allow_inf_nan=False,
+        gt=0.5,
+        lt=1,
+        description="Confidence of the interval on the gated percentile, in (0.5, 1): a "
+        "profile passes when the interval's upper bound is within the limit and fails when its "
+        "lower bound is above it; otherwise decisionMargin, then more samples, decide.",
+    )
+    decision_margin: float = Field(
+        default=0.25,
+        strict=True,
+        allow_inf_nan=False,
+        ge=0,
+        le=10,
+        description="A percentile further than this fraction of the limit from it decides "
+        "the verdict without the interval, in [0, 10]; between, samples are added up to "
+        "maxSamples and the verdict then rests on the measured percentile.",
+    )
     warmup: int = Field(
-        default=2,
+        default=10,
         strict=True,
         ge=0,
         le=MAX_WARMUP_SAMPLES,
-        description=f"Warm-up samples per profile, not counted, 0..{MAX_WARMUP_SAMPLES}.",
+        description=f"Most warm-up samples per profile, not counted, 0..{MAX_WARMUP_SAMPLES}: "
+        "warm-up stops once two consecutive ones differ by less than warmupTolerance.",
+    )
+    warmup_tolerance: float = Field(
+        default=0.1,
+        strict=True,
+        allow_inf_nan=False,
+        gt=0,
+        le=1,
+        description="Latency is stable when two consecutive warm-up samples differ by less "
+        "than this fraction of the later one, in (0, 1].",
     )
     percentile: Literal[50, 90, 95, 99] = Field(
         default=95, description="Which latency percentile is held to the limit."
@@ -812,7 +850,19 @@ class ProfileResult(StatusModel):
     ttft_p50: float | None = Field(default=None, description="Median time to first token.")
     itl_p50: float | None = Field(default=None, description="Median inter-token latency.")
     tokens_per_second: float | None = Field(default=None, description="Median output tokens/s.")
-    passed: bool | None = Field(default=None, description="Chosen percentile <= limit.")
+    passed: bool | None = Field(default=None, description="The profile's verdict.")
+    lower_bound: float | None = Field(
+        default=None, description="Lower confidence bound of the gated percentile."
+    )
+    upper_bound: float | None = Field(
+        default=None, description="Upper confidence bound of the gated percentile."
+    )
+    warmups: int | None = Field(default=None, description="Warm-up samples that ran.")
+    verdict_basis: Literal["interval", "margin", "pointEstimate"] | None = Field(
+        default=None,
+        description="What decided the verdict: the confidence interval, the margin from the "
+        "limit, or the measured percentile after maxSamples.",
+    )
 
 
 class BenchmarkReport(StatusModel):
@@ -820,6 +870,14 @@ class BenchmarkReport(StatusModel):
 
     passed: bool = Field(description="Every profile met its limit (and any quality gate).")
     percentile: int | None = Field(default=None, description="The percentile held to the limits.")
+    confidence: float | None = Field(
+        default=None, description="Confidence of the profiles' bounds."
+    )
+    interval_method: str | None = Field(
+        default=None,
+        description="How the bounds were computed: tolerance-hull (the widest of normal, "
+        "lognormal and shifted-lognormal tolerance-factor bounds).",
+    )
     device: str | None = Field(default=None, description="Where it was measured.")
     profiles: list[ProfileResult] = Field(default_factory=list, description="Per-profile results.")
     eval_loss: float | None = Field(default=None, description="Adapter's eval loss.")

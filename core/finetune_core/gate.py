@@ -2,8 +2,10 @@
 
 A pure decision over the benchmark report, the spec, the training metrics and the current
 champion, so the operator, the local pipeline and the benchmark itself reach the same verdict.
-The SLA verdict is recomputed from the measured percentiles and the spec's limits; the
-report's own `passed` flags are not trusted.
+The SLA verdict is recomputed from the measured percentiles, their confidence bounds and the
+spec's limits with the benchmark's own rule (finetune_core.sampling.verdict: the interval,
+then the margin, then the point estimate); the report's own `passed` flags are not trusted.
+A report without bounds (written before they existed) is judged on the point estimate.
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ from finetune_core.api import (
     ProfileResult,
     Reason,
     ResolvedSpec,
-    SlaProfile,
 )
 from finetune_core.layout import CurrentAlias
+from finetune_core.sampling import VerdictBasis, verdict
+
+DEFAULT_MARGIN = 0.25
+BASIS_WORDS: dict[str, str] = {
+    "interval": "interval",
+    "margin": "margin",
+    "pointEstimate": "point estimate",
+}
 
 
 @dataclass(frozen=True)
@@ -48,10 +57,41 @@ def percentile_of(result: ProfileResult, percentile: int) -> float | None:
     return _finite(value)
 
 
-def profile_meets_sla(result: ProfileResult, percentile: int, limit: float) -> bool:
-    """One profile's verdict: its chosen latency percentile is within the limit."""
+def interval_of(result: ProfileResult) -> tuple[float, float] | None:
+    """The profile's confidence bounds on the gated percentile, when it carries both."""
+    lower, upper = _finite(result.lower_bound), _finite(result.upper_bound)
+    return None if lower is None or upper is None else (lower, upper)
+
+
+def profile_verdict(
+    result: ProfileResult, percentile: int, limit: float, margin: float = DEFAULT_MARGIN
+) -> tuple[bool, VerdictBasis] | None:
+    """(passed, basis) for one profile; None when its percentile was not measured. The
+    interval (when the profile has bounds), then the margin, then the point estimate; a
+    report written before bounds existed (no verdictBasis) on the point estimate alone."""
     value = percentile_of(result, percentile)
-    return value is not None and value <= limit
+    if value is None:
+        return None
+    interval = interval_of(result)
+    if interval is None and result.verdict_basis is None:  # written before bounds existed
+        return value <= limit, "pointEstimate"
+    decided = verdict(value, interval, limit, margin, final=True)
+    assert decided is not None  # final decisions always decide
+    return decided
+
+
+def profile_meets_sla(
+    result: ProfileResult, percentile: int, limit: float, margin: float = DEFAULT_MARGIN
+) -> bool:
+    """One profile's verdict (the margin changes only the basis, never the outcome)."""
+    decided = profile_verdict(result, percentile, limit, margin)
+    return decided is not None and decided[0]
+
+
+def bounds_text(result: ProfileResult) -> str:
+    """' [low, high]' after a percentile, or nothing without bounds."""
+    interval = interval_of(result)
+    return "" if interval is None else f" [{seconds(interval[0])}, {seconds(interval[1])}]"
 
 
 def sla_problems(report: BenchmarkReport, spec: ResolvedSpec) -> list[str]:
@@ -61,15 +101,38 @@ def sla_problems(report: BenchmarkReport, spec: ResolvedSpec) -> list[str]:
     problems = []
     for profile in spec.benchmark.sla:
         result = results.get(profile.name)
-        value = None if result is None else percentile_of(result, percentile)
-        if result is None or value is None:
+        limit = profile.max_latency_seconds
+        decided = (
+            None
+            if result is None
+            else profile_verdict(result, percentile, limit, spec.benchmark.decision_margin)
+        )
+        if result is None or decided is None:
             problems.append(f"profile {profile.name}: not measured")
-        elif not profile_meets_sla(result, percentile, profile.max_latency_seconds):
+        elif not decided[0]:
             problems.append(
-                f"profile {profile.name}: p{percentile} {seconds(value)} s > limit "
-                f"{seconds(profile.max_latency_seconds)} s"
+                f"profile {profile.name}: {_comparison(result, percentile, limit, decided[1])}"
             )
     return problems
+
+
+def _comparison(result: ProfileResult, percentile: int, limit: float, basis: str) -> str:
+    """'p95 7.41 s > limit 6 s', with the bounds and the basis when the report has bounds."""
+    value = percentile_of(result, percentile)
+    assert value is not None
+    interval = interval_of(result)
+    measured = f"p{percentile} {seconds(value)} s"
+    if interval is None and result.verdict_basis is None:  # an older report, as it was
+        if value <= limit:
+            return f"{measured} <= {seconds(limit)} s"
+        return f"{measured} > limit {seconds(limit)} s"
+    measured += bounds_text(result)
+    if basis == "interval" and interval is not None:
+        if interval[1] <= limit:
+            return f"{measured}, upper bound <= limit {seconds(limit)} s (interval)"
+        return f"{measured}, lower bound > limit {seconds(limit)} s (interval)"
+    sign = "<=" if value <= limit else ">"
+    return f"{measured} {sign} limit {seconds(limit)} s ({BASIS_WORDS[basis]})"
 
 
 def _finite(value: float | None) -> float | None:
@@ -101,14 +164,16 @@ def quality_problems(
     return Reason.NO_IMPROVEMENT, problems
 
 
-def sla_summary(report: BenchmarkReport, profiles: list[SlaProfile], percentile: int) -> str:
+def sla_summary(report: BenchmarkReport, spec: ResolvedSpec) -> str:
+    percentile = spec.benchmark.percentile
     results = {result.name: result for result in report.profiles}
     parts = []
-    for profile in profiles:
-        value = percentile_of(results[profile.name], percentile)
-        assert value is not None  # sla_problems found every profile measured
-        limit = seconds(profile.max_latency_seconds)
-        parts.append(f"{profile.name} p{percentile} {seconds(value)} s <= {limit} s")
+    for profile in spec.benchmark.sla:
+        result = results[profile.name]
+        limit = profile.max_latency_seconds
+        decided = profile_verdict(result, percentile, limit, spec.benchmark.decision_margin)
+        assert decided is not None  # sla_problems found every profile measured
+        parts.append(f"{profile.name} {_comparison(result, percentile, limit, decided[1])}")
     return "; ".join(parts)
 
 
@@ -138,7 +203,7 @@ def judge(
         return Verdict(False, reason, "; ".join(problems), tuple(problems))
     if not spec.benchmark.sla:  # the API refuses it; a gate with nothing to measure fails
         return Verdict(False, Reason.SLA_MISSED, "no SLA profiles to measure")
-    message = "SLA met: " + sla_summary(report, spec.benchmark.sla, spec.benchmark.percentile)
+    message = "SLA met: " + sla_summary(report, spec)
     if spec.promotion.require_improvement and metrics and metrics.eval_loss is not None:
         message += f"; eval loss {loss(metrics.eval_loss)} improves on the base model"
         if champion is not None and champion.eval_loss is not None and champion.version != version:

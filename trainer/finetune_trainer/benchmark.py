@@ -2,9 +2,11 @@
 
 The recipe: read config.json; load each profile's prompts (prompts.py); load the adapter the
 way it would be served (modeling.load_for_inference with the process's backend; merged when
-benchmark.mergeAdapter); time each profile's warm-up and measured generations (timing.py);
-summarise them (latency.py); gate (finetune_core.gate); write the report (report.py) and,
-last, report/benchmark.json, so a reader that finds benchmark.json finds a whole report.
+benchmark.mergeAdapter); for each profile warm up until latency is stable and measure until
+the sequential SLA decision is made (timing.measure_until asking finetune_core.sampling);
+summarise the samples with the confidence bounds and the verdict's basis (latency.py); gate
+(finetune_core.gate); write the report (report.py) and, last, report/benchmark.json, so a
+reader that finds benchmark.json finds a whole report.
 
 stdout carries one JSON line per sample ({"profile", "sample"} or {"profile", "warmup"}) for
 progress displays. Exit codes (finetune_core.exit_codes): EXIT_OK when the measurement
@@ -22,12 +24,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, RunConfig, SlaProfile
+from finetune_core.api import (
+    BenchmarkReport,
+    BenchmarkSpec,
+    Metrics,
+    ProfileResult,
+    RunConfig,
+    SlaProfile,
+)
 from finetune_core.clock import timestamp
 from finetune_core.exit_codes import EXIT_INVALID_INPUT, EXIT_OK
-from finetune_core.gate import judge, percentile_of, profile_meets_sla
+from finetune_core.gate import judge, percentile_of
 from finetune_core.layout import ErrorReport, RunPaths, alias_of
 from finetune_core.promotion import read_champion
+from finetune_core.sampling import INTERVAL_METHOD, VerdictBasis, decide, warmed_up
 from finetune_core.store import ArtifactStore, InvalidFile, NotFound, open_run, read_model
 from finetune_trainer import stage
 from finetune_trainer.environment import describe_environment, library_versions
@@ -37,7 +47,7 @@ from finetune_trainer.modeling import LoadedModel
 from finetune_trainer.prompts import Prompt, encode_prompts, load_prompts
 from finetune_trainer.report import ProfileSamples, ReportInputs, write_report
 from finetune_trainer.stage import PodStage, StageFailure, invalid_input
-from finetune_trainer.timing import generation_options, measure
+from finetune_trainer.timing import generation_options, measure_until
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +102,7 @@ def run_benchmark(
     prompts = load_prompts(spec, workdir)
     loaded = load_adapter(store, run, config, workdir / "adapter")
     measured = [
-        measure_profile(
-            loaded, profile, prompts[profile.name], spec.benchmark.warmup, spec.benchmark.samples
-        )
+        measure_profile(loaded, profile, prompts[profile.name], spec.benchmark)
         for profile in spec.benchmark.sla
     ]
     metrics = read_model(store, run.metrics, Metrics)
@@ -131,19 +139,45 @@ def load_adapter(
     return loaded
 
 
+def sla_decision(
+    benchmark: BenchmarkSpec, profile: SlaProfile, latencies: list[float]
+) -> tuple[bool | None, VerdictBasis | None, float | None, float | None]:
+    """(passed, basis, lower, upper) of the sequential decision on these latencies."""
+    decision = decide(
+        latencies,
+        q=benchmark.percentile,
+        limit=profile.max_latency_seconds,
+        confidence=benchmark.confidence,
+        margin=benchmark.decision_margin,
+        initial=benchmark.samples,
+        max_samples=benchmark.max_samples,
+    )
+    return decision.passed, decision.basis, decision.lower, decision.upper
+
+
 def measure_profile(
-    loaded: LoadedModel, profile: SlaProfile, prompts: list[Prompt], warmup: int, samples: int
+    loaded: LoadedModel, profile: SlaProfile, prompts: list[Prompt], benchmark: BenchmarkSpec
 ) -> ProfileSamples:
-    """Warm up, then time `samples` generations of exactly maxNewTokens tokens."""
+    """Warm up until stable, then time generations of exactly maxNewTokens tokens until the
+    SLA decision is made (at least `samples`, at most `maxSamples`)."""
     encoded = encode_prompts(loaded.model, loaded.tokenizer, loaded.device, prompts, profile)
     options = generation_options(loaded.tokenizer, profile.max_new_tokens)
-    timings = measure(
-        loaded.model, encoded, options, samples, warmup, functools.partial(_progress, profile.name)
+    measurement = measure_until(
+        loaded.model,
+        encoded,
+        options,
+        max_warmup=benchmark.warmup,
+        warmed_up=functools.partial(warmed_up, tolerance=benchmark.warmup_tolerance),
+        samples=benchmark.samples,
+        max_samples=benchmark.max_samples,
+        go_on=lambda latencies: sla_decision(benchmark, profile, latencies)[1] is None,
+        on_sample=functools.partial(_progress, profile.name),
     )
+    timings = measurement.timings
     used = [index % len(encoded) for index in range(len(timings))]
     return ProfileSamples(
         profile,
-        warmup,
+        measurement.warmups,
         timings,
         sources=[prompts[i].source for i in used],
         prompt_tokens=[encoded[i]["input_ids"].shape[-1] for i in used],
@@ -163,10 +197,15 @@ def _progress(profile: str, kind: str, number: int, timing: SampleTiming) -> Non
     sys.stdout.flush()
 
 
-def profile_result(
-    profile: SlaProfile, timings: list[SampleTiming], percentile: int
-) -> ProfileResult:
-    stats = summarize(timings)
+def profile_result(measured: ProfileSamples, benchmark: BenchmarkSpec) -> ProfileResult:
+    profile, percentile = measured.profile, benchmark.percentile
+    stats = summarize(measured.timings)
+    passed, basis, lower, upper = sla_decision(
+        benchmark, profile, [t.latency for t in measured.timings]
+    )
+    if basis is None:  # measure_until stops only once decided; should it not, the point
+        value: float = getattr(stats, f"p{percentile}")
+        passed, basis = value <= profile.max_latency_seconds, "pointEstimate"
     result = ProfileResult(
         name=profile.name,
         max_new_tokens=profile.max_new_tokens,
@@ -180,15 +219,23 @@ def profile_result(
         ttft_p50=stats.ttft_p50,
         itl_p50=stats.itl_p50,
         tokens_per_second=stats.tokens_per_second,
+        passed=passed,
+        lower_bound=lower,
+        upper_bound=upper,
+        warmups=measured.warmup,
+        verdict_basis=basis,
     )
-    result.passed = profile_meets_sla(result, percentile, profile.max_latency_seconds)
     log.info(
-        "profile %s: p%d %.3f s (limit %g s), %s",
+        "profile %s: p%d %.3f s [%s] (limit %g s) after %d samples and %d warm-ups: %s (%s)",
         result.name,
         percentile,
         percentile_of(result, percentile),
+        "-" if lower is None or upper is None else f"{lower:.3f}, {upper:.3f}",
         result.max_latency_seconds,
+        stats.samples,
+        measured.warmup,
         "pass" if result.passed else "FAIL",
+        basis,
     )
     return result
 
@@ -207,8 +254,10 @@ def benchmark_report(
     return BenchmarkReport(
         passed=False,
         percentile=percentile,
+        confidence=spec.benchmark.confidence,
+        interval_method=INTERVAL_METHOD,
         device=describe_environment(loaded.device, metrics.backend),
-        profiles=[profile_result(m.profile, m.timings, percentile) for m in measured],
+        profiles=[profile_result(m, spec.benchmark) for m in measured],
         eval_loss=metrics.eval_loss,
         base_eval_loss=base_loss,
         perplexity=metrics.perplexity,

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from finetune_core.api import ApiModel, BenchmarkReport, Metrics, RunConfig, SlaProfile
-from finetune_core.gate import Verdict, percentile_of
+from finetune_core.gate import BASIS_WORDS, Verdict, interval_of, percentile_of
 from finetune_core.layout import RunPaths
 from finetune_core.store import ArtifactStore
 from finetune_trainer.latency import REPORTED_PERCENTILES, SampleTiming, percentile
@@ -27,6 +27,8 @@ TEMPLATE = "report.html.jinja"
 LIMIT_COLOR = "#c0392b"
 PERCENTILE_COLOR = "#2c3e50"
 BAR_COLOR = "#5b8def"
+BEYOND_COLOR = "#e74c3c"
+INTERVAL_COLOR = "#95a5a6"
 HISTOGRAM_BINS = 60
 
 
@@ -60,7 +62,7 @@ class ProfileSamples:
     """One profile's measured samples and the prompts they used (index-aligned)."""
 
     profile: SlaProfile
-    warmup: int
+    warmup: int  # the warm-up generations that ran before the measured ones
     timings: list[SampleTiming]
     sources: list[str]
     prompt_tokens: list[int]
@@ -111,17 +113,38 @@ def png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def latency_histogram(samples: ProfileSamples, gated: int) -> Figure:
-    """End-to-end latency of the measured samples, with the limit and the gated percentile."""
+def latency_histogram(
+    samples: ProfileSamples, gated: int, interval: tuple[float, float] | None = None
+) -> Figure:
+    """End-to-end latency of the measured samples, with the limit, the gated percentile and
+    its confidence interval; samples beyond the limit are kept, in their own colour."""
     latencies = [timing.latency for timing in samples.timings]
     limit = samples.profile.max_latency_seconds
     value = percentile(latencies, gated)
-    right = max(limit, max(latencies)) * 1.08
+    right = max(limit, max(latencies), interval[1] if interval else 0.0) * 1.08
     figure = Figure(figsize=(6.4, 3.2), layout="constrained")
     axes = figure.subplots()
     # Bins span the whole axis, so bars stay visible when the limit is far from the samples.
     bins = [right * i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)]
-    axes.hist(latencies, bins=bins, color=BAR_COLOR, edgecolor="white", linewidth=0.5)
+    within = [latency for latency in latencies if latency <= limit]
+    beyond = [latency for latency in latencies if latency > limit]
+    axes.hist(
+        [within, beyond],
+        bins=bins,
+        color=[BAR_COLOR, BEYOND_COLOR],
+        edgecolor="white",
+        linewidth=0.5,
+        stacked=True,
+        label=["within the limit", f"beyond the limit ({len(beyond)})"],
+    )
+    if interval is not None:
+        axes.axvspan(
+            interval[0],
+            interval[1],
+            color=INTERVAL_COLOR,
+            alpha=0.3,
+            label=f"p{gated} interval [{interval[0]:.3g}, {interval[1]:.3g}] s",
+        )
     axes.axvline(limit, color=LIMIT_COLOR, linestyle="--", linewidth=2, label=f"limit {limit:g} s")
     axes.axvline(
         value, color=PERCENTILE_COLOR, linestyle=":", linewidth=2, label=f"p{gated} {value:.3g} s"
@@ -131,10 +154,10 @@ def latency_histogram(samples: ProfileSamples, gated: int) -> Figure:
     axes.set_xlabel("end-to-end latency (s)")
     axes.set_ylabel("samples")
     axes.set_title(
-        f"{samples.profile.name}: {len(latencies)} samples, "
+        f"{samples.profile.name}: {len(latencies)} samples after {samples.warmup} warm-ups, "
         f"{samples.profile.max_new_tokens} new tokens each"
     )
-    axes.legend(loc="best", frameon=False)
+    axes.legend(loc="best", frameon=False, fontsize="small")
     return figure
 
 
@@ -177,11 +200,16 @@ def render_html(inputs: ReportInputs, histograms: dict[str, bytes]) -> str:
     )
     report = inputs.report
     gated = report.percentile or inputs.config.spec.benchmark.percentile
+    beyond = {
+        s.profile.name: sum(t.latency > s.profile.max_latency_seconds for t in s.timings)
+        for s in inputs.samples
+    }
     profiles = [
         {
             "result": result,
             "gated": percentile_of(result, gated),
             "histogram": data_uri(histograms[result.name]) if result.name in histograms else None,
+            "beyond": beyond.get(result.name, 0),
         }
         for result in report.profiles
     ]
@@ -195,7 +223,7 @@ def render_html(inputs: ReportInputs, histograms: dict[str, bytes]) -> str:
         percentiles=REPORTED_PERCENTILES,
         percentile_of=percentile_of,
         profiles=profiles,
-        warmup=inputs.config.spec.benchmark.warmup,
+        bases=BASIS_WORDS,
         metrics=inputs.metrics or Metrics(),
         loss_chart=data_uri(inputs.loss_chart) if inputs.loss_chart else None,
         configuration=flatten(inputs.config.spec.to_wire()),
@@ -207,7 +235,11 @@ def write_report(store: ArtifactStore, inputs: ReportInputs, directory: Path) ->
     (index.html after the images it describes)."""
     directory.mkdir(parents=True, exist_ok=True)
     gated = inputs.report.percentile or inputs.config.spec.benchmark.percentile
-    histograms = {s.profile.name: png(latency_histogram(s, gated)) for s in inputs.samples}
+    intervals = {result.name: interval_of(result) for result in inputs.report.profiles}
+    histograms = {
+        s.profile.name: png(latency_histogram(s, gated, intervals.get(s.profile.name)))
+        for s in inputs.samples
+    }
     for samples in inputs.samples:
         (directory / f"latency-{slug(samples.profile.name)}.png").write_bytes(
             histograms[samples.profile.name]

@@ -2,13 +2,16 @@
 
 Every sample generates exactly max_new_tokens tokens, greedily, with EOS suppressed until
 then (vLLM's ignore-eos), one request at a time; a streamer records when each token arrives.
-Warm-up generations run first and are not returned.
+Warm-up generations run first and are not returned: `measure` runs a fixed number,
+`measure_until` runs them until latency is stable and then measures until the SLA decision
+asks for no more (the rules are finetune_core.sampling's).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -108,3 +111,43 @@ def measure(
         if on_sample:
             on_sample("sample", index + 1, timing)
     return measured
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A profile's measured samples and how many warm-ups ran before them."""
+
+    warmups: int
+    timings: list[SampleTiming]
+
+
+def measure_until(
+    model: Any,
+    prompts: Sequence[dict[str, torch.Tensor]],
+    options: dict[str, Any],
+    *,
+    max_warmup: int,
+    warmed_up: Callable[[list[float]], bool],
+    samples: int,
+    max_samples: int,
+    go_on: Callable[[list[float]], bool],
+    on_sample: Callable[[str, int, SampleTiming], None] | None = None,
+) -> Measurement:
+    """Warm up until `warmed_up(latencies so far)` or `max_warmup` generations; then time
+    `samples` generations and, while `go_on(latencies so far)`, more, up to `max_samples`.
+    The prompts are cycled, each phase starting from the first prompt."""
+    warmup_latencies: list[float] = []
+    while len(warmup_latencies) < max_warmup and not warmed_up(warmup_latencies):
+        timing = time_generation(model, prompts[len(warmup_latencies) % len(prompts)], options)
+        warmup_latencies.append(timing.latency)
+        if on_sample:
+            on_sample("warmup", len(warmup_latencies), timing)
+    measured: list[SampleTiming] = []
+    while len(measured) < samples or (
+        len(measured) < max_samples and go_on([t.latency for t in measured])
+    ):
+        timing = time_generation(model, prompts[len(measured) % len(prompts)], options)
+        measured.append(timing)
+        if on_sample:
+            on_sample("sample", len(measured), timing)
+    return Measurement(len(warmup_latencies), measured)

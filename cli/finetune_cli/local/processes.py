@@ -163,7 +163,7 @@ class BenchmarkWatcher(Watcher):
                 console=console,
             )
         )
-        samples = spec.benchmark.samples
+        samples = self.initial = spec.benchmark.samples
         # Profiles run one after another: each one's clock starts with its first sample.
         self.tasks = {
             p.name: self.display.add_task(p.name, total=samples, start=False)
@@ -187,7 +187,12 @@ class BenchmarkWatcher(Watcher):
         if isinstance(event.get("warmup"), int):
             self.display.update(task, description=f"{name} (warm-up {event['warmup']})")
         elif isinstance(event.get("sample"), int):
-            self.display.update(task, description=name, completed=event["sample"])
+            number = event["sample"]
+            if number <= self.initial:
+                self.display.update(task, description=name, completed=number)
+            else:  # near the limit the verdict asked for more samples (up to maxSamples)
+                label = f"{name} (more samples near the limit)"
+                self.display.update(task, description=label, completed=number, total=number)
 
 
 class StageProcess:

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from finetune_core.api import BenchmarkReport, BenchmarkSpec, FineTuneJobStatus, Metrics
 from finetune_core.exit_codes import EXIT_FAILED, EXIT_OK
-from finetune_core.gate import percentile_of, profile_meets_sla
+from finetune_core.gate import BASIS_WORDS, interval_of, percentile_of, profile_verdict
 from finetune_core.layout import model_key
 from finetune_core.runs import RunSnapshot, UnknownRun, all_runs, newest_of
 from finetune_core.store import ArtifactStore, open_store
@@ -45,36 +45,62 @@ def sla_verdict(status: FineTuneJobStatus) -> str:
     return "Passed" if status.benchmark.passed else "Failed"
 
 
+def _with_bounds(value: float | None, interval: tuple[float, float] | None) -> str:
+    """'2.31 s [2.10, 2.60]': the gated percentile and its confidence bounds, when known."""
+    if interval is None:
+        return _seconds(value)
+    return f"{_seconds(value)} [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
 def sla_table(report: BenchmarkReport, benchmark: BenchmarkSpec) -> Table:
-    """One row per SLA profile of the spec: latency at p50 and at the gated percentile, the
-    limit, and the gate's verdict (recomputed from the numbers, as the gate does)."""
+    """One row per SLA profile of the spec: latency at p50 and at the gated percentile with
+    its confidence bounds, the limit, the samples (and warm-ups) measured, and the gate's
+    verdict with its basis (recomputed from the numbers, as the gate does)."""
     percentile = benchmark.percentile
     results = {result.name: result for result in report.profiles}
-    table = Table(title=f"Latency SLA (p{percentile} <= limit)", title_justify="left")
-    for header in ("Profile", "Tokens", "p50", f"p{percentile}", "Limit", "Tokens/s", "Verdict"):
+    title = f"Latency SLA (p{percentile} <= limit"
+    if report.confidence is not None:
+        title += f"; [{report.confidence * 100:g} % confidence interval]"
+    table = Table(title=title + ")", title_justify="left")
+    headers = ("Profile", "Tokens", "p50", f"p{percentile}", "Limit", "Samples", "Tokens/s")
+    for header in (*headers, "Verdict"):
         table.add_column(header, justify="left" if header in {"Profile", "Verdict"} else "right")
     for profile in benchmark.sla:
         result = results.get(profile.name)
-        if result is None:
+        limit = profile.max_latency_seconds
+        decided = (
+            None
+            if result is None
+            else profile_verdict(result, percentile, limit, benchmark.decision_margin)
+        )
+        if result is None or decided is None:
             table.add_row(
                 profile.name,
                 str(profile.max_new_tokens),
                 "-",
                 "-",
-                _seconds(profile.max_latency_seconds),
+                _seconds(limit),
+                "-",
                 "-",
                 Text("not measured", "red"),
             )
             continue
-        met = profile_meets_sla(result, percentile, profile.max_latency_seconds)
+        met, basis = decided
+        samples = "-" if result.samples is None else str(result.samples)
+        if result.warmups is not None:
+            samples += f" (+{result.warmups} warm-up)"
+        verdict = Text("pass", "green") if met else Text("FAIL", "bold red")
+        if result.verdict_basis is not None or interval_of(result) is not None:
+            verdict.append(f" ({BASIS_WORDS[basis]})")
         table.add_row(
             profile.name,
             str(profile.max_new_tokens),
             _seconds(result.p50),
-            _seconds(percentile_of(result, percentile)),
-            _seconds(profile.max_latency_seconds),
+            _with_bounds(percentile_of(result, percentile), interval_of(result)),
+            _seconds(limit),
+            samples,
             _number(result.tokens_per_second, 1),
-            Text("pass", "green") if met else Text("FAIL", "bold red"),
+            verdict,
         )
     return table
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from finetune_core.api import FineTuneJobSpec, Metrics
-from finetune_core.gate import judge
+from finetune_core.api import FineTuneJobSpec, Metrics, ProfileResult
+from finetune_core.gate import judge, profile_verdict
 from finetune_core.layout import CurrentAlias
 from tests.unit.benchmark.builders import SLA, make_report, make_spec, profile
 
@@ -170,3 +170,59 @@ def test_sla_reason_wins_and_every_problem_is_listed() -> None:
         "eval loss 1.3 does not beat the current model ml-agent-g1's 1.2",
     )
     assert verdict.message == "; ".join(verdict.problems)
+
+
+def bounded(name: str, p95: float, lower: float, upper: float, limit: float) -> ProfileResult:
+    """A profile measured by a benchmark that computes confidence bounds."""
+    return profile(name, p95 * 0.8, p95, limit).model_copy(
+        update={"lower_bound": lower, "upper_bound": upper}
+    )
+
+
+def test_an_interval_within_the_limit_passes_even_where_the_point_estimate_does_not() -> None:
+    # The point estimate alone (an older report) would fail: 6.1 > 6.
+    report = make_report(bounded("answer", p95=6.1, lower=5.2, upper=5.95, limit=6))
+    verdict = judge(report, make_spec(ANSWER), None, None)
+    assert verdict.passed
+    assert verdict.message == (
+        "SLA met: answer p95 6.1 s [5.2, 5.95], upper bound <= limit 6 s (interval)"
+    )
+
+
+def test_an_interval_above_the_limit_fails_with_its_bounds_named() -> None:
+    report = make_report(bounded("answer", p95=6.5, lower=6.2, upper=7.0, limit=6))
+    verdict = judge(report, make_spec(ANSWER), None, None)
+    assert not verdict.passed
+    assert verdict.problems == (
+        "profile answer: p95 6.5 s [6.2, 7], lower bound > limit 6 s (interval)",
+    )
+
+
+def test_an_open_interval_leaves_the_margin_then_the_point_estimate_to_decide() -> None:
+    far = make_report(bounded("answer", p95=4.0, lower=2.0, upper=6.5, limit=6))
+    verdict = judge(far, make_spec(ANSWER), None, None)
+    assert verdict.passed and verdict.message.endswith("p95 4 s [2, 6.5] <= limit 6 s (margin)")
+    near = make_report(bounded("answer", p95=6.2, lower=5.0, upper=7.5, limit=6))
+    verdict = judge(near, make_spec(ANSWER), None, None)
+    assert verdict.problems == ("profile answer: p95 6.2 s [5, 7.5] > limit 6 s (point estimate)",)
+
+
+def test_the_spec_decision_margin_is_the_one_used() -> None:
+    report = make_report(bounded("answer", p95=4.0, lower=2.0, upper=6.5, limit=6))
+    spec = make_spec(ANSWER)
+    spec.benchmark.decision_margin = 0.5  # 4 s is within 50 % of 6 s: the point estimate
+    assert judge(report, spec, None, None).message.endswith("(point estimate)")
+
+
+def test_a_report_without_bounds_is_judged_on_the_point_estimate() -> None:
+    report = make_report(profile("answer", 5.0, 5.9, 6))  # written before bounds existed
+    assert profile_verdict(report.profiles[0], 95, 6) == (True, "pointEstimate")
+    assert (
+        judge(report, make_spec(ANSWER), None, None).message == "SLA met: answer p95 5.9 s <= 6 s"
+    )
+
+
+def test_a_new_report_without_bounds_names_the_margin() -> None:
+    result = profile("answer", 5.0, 9.0, 6).model_copy(update={"verdict_basis": "margin"})
+    verdict = judge(make_report(result), make_spec(ANSWER), None, None)
+    assert verdict.problems == ("profile answer: p95 9 s > limit 6 s (margin)",)

@@ -39,7 +39,7 @@ def inputs(name: str = "answer<&>", limit: float = 6.0, with_loss: bool = True) 
     spec = make_spec(sla=sla)
     measured = timings([5.0, 6.5, 7.2, 7.5, 8.0])
     samples = ProfileSamples(spec.benchmark.sla[0], 2, measured, ["row"] * 5, [9] * 5)
-    result = profile_result(spec.benchmark.sla[0], measured, spec.benchmark.percentile)
+    result = profile_result(samples, spec.benchmark)
     report = make_report(result)
     report.device = "cpu: test, 2 threads"
     report.versions = {"torch": "2.13.0"}
@@ -78,7 +78,11 @@ def test_the_page_shows_the_verdict_the_limit_and_the_numbers(
     _, page = written
     assert "REJECTED" in page
     assert "SlaMissed" in page
-    assert "profile answer&lt;&amp;&gt;: p95 7.9 s &gt; limit 6 s" in page  # escaped, not raw
+    problem = "profile answer&lt;&amp;&gt;: p95 7.9 s [7.6, 40.7], lower bound &gt; limit 6 s"
+    assert problem + " (interval)" in page  # escaped, not raw
+    assert "[7.604, 40.735]" in page  # the interval column
+    assert "fail</span> (interval)" in page  # the verdict's basis
+    assert "4 sample(s) beyond the limit" in page  # outliers are kept and counted
     assert "answer<&>" not in page
     assert "limit 6 s" in page
     assert '<th class="gated">p95</th>' in page
@@ -128,3 +132,13 @@ def test_without_the_trainer_loss_chart_the_page_says_so(tmp_path: Path) -> None
     page = store.get_bytes(RUN.report_html).decode()
     assert page.count("<img ") == 1
     assert "The run recorded no loss curve." in page
+
+
+def test_the_histogram_marks_the_interval_and_the_samples_beyond_the_limit() -> None:
+    samples = inputs(name="answer", limit=6.0).samples[0]  # 5.0 within; 6.5, 7.2, 7.5, 8.0 beyond
+    (axes,) = latency_histogram(samples, 95, (7.6, 9.5)).axes
+    labels = axes.get_legend_handles_labels()[1]
+    assert "beyond the limit (4)" in labels
+    assert "within the limit" in labels
+    assert "p95 interval [7.6, 9.5] s" in labels
+    assert axes.get_xlim()[1] >= 9.5  # the whole interval is on the chart
