@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from finetune_core.sampling import percentile
+
 REPORTED_PERCENTILES = (50, 90, 95, 99)
 
 
@@ -69,19 +71,6 @@ class ProfileStats:
     ttft_p50: float
     itl_p50: float
     tokens_per_second: float
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between closest ranks."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within 0..100, not {q}")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summarize(samples: Sequence[SampleTiming]) -> ProfileStats:

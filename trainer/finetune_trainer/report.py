@@ -20,8 +20,9 @@ from matplotlib.ticker import MaxNLocator
 from finetune_core.api import ApiModel, BenchmarkReport, Metrics, RunConfig, SlaProfile
 from finetune_core.gate import BASIS_WORDS, Verdict, interval_of, percentile_of
 from finetune_core.layout import RunPaths
+from finetune_core.sampling import percentile
 from finetune_core.store import ArtifactStore
-from finetune_trainer.latency import REPORTED_PERCENTILES, SampleTiming, percentile
+from finetune_trainer.latency import REPORTED_PERCENTILES, SampleTiming
 
 TEMPLATE = "report.html.jinja"
 LIMIT_COLOR = "#c0392b"

@@ -252,22 +252,17 @@ class Cluster:
         )
 
     async def patch_status(self, name: str, status: Mapping[str, Any]) -> None:
-        await self._request(
-            "PATCH",
-            f"{FTJ_URL}/{name}/status",
-            {"status": dict(status)},
-            "application/merge-patch+json",
-        )
+        await self._patch_status(f"{FTJ_URL}/{name}/status", status)
+
+    async def _patch_status(self, url: str, status: Mapping[str, Any]) -> None:
+        """A merge patch of an object's /status subresource."""
+        body = {"status": dict(status)}
+        await self._request("PATCH", url, body, "application/merge-patch+json")
 
     # ---------------------------------------------------------------- the Job controller
 
     async def job_status(self, job: str, status: Mapping[str, Any]) -> None:
-        await self._request(
-            "PATCH",
-            f"{JOBS_URL}/{job}/status",
-            {"status": dict(status)},
-            "application/merge-patch+json",
-        )
+        await self._patch_status(f"{JOBS_URL}/{job}/status", status)
 
     async def finish(self, name: str, train: Mapping[str, Any]) -> None:
         """The pods' and the Job controller's part from a running training Job to Promoted."""

@@ -7,7 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from finetune_trainer.latency import SampleTiming, percentile, summarize
+from finetune_core.sampling import percentile
+from finetune_trainer.latency import SampleTiming, summarize
 
 
 def test_one_sample_ttft_itl_latency_and_throughput() -> None:

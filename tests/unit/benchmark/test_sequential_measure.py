@@ -12,10 +12,11 @@ import pytest
 from rich.console import Console
 
 from finetune_cli.local.view import sla_table
-from finetune_core.sampling import decide, warmed_up
+from finetune_core.sampling import warmed_up
 from finetune_trainer import timing
 from finetune_trainer.latency import SampleTiming
 from tests.unit.benchmark.builders import make_report, make_spec, profile
+from tests.unit.core.test_sampling import decided
 
 
 def scripted(monkeypatch: pytest.MonkeyPatch, latencies: list[float]) -> None:
@@ -52,16 +53,7 @@ def run(
 
 
 def _undecided(latencies: list[float], limit: float, samples: int, max_samples: int) -> bool:
-    decision = decide(
-        latencies,
-        q=95,
-        limit=limit,
-        confidence=0.95,
-        margin=0.25,
-        initial=samples,
-        max_samples=max_samples,
-    )
-    return not decision.done
+    return not decided(latencies, limit, samples, max_samples).done
 
 
 COLD = [15.0, 6.0, 3.1, 3.0]  # stable at the 4th warm-up: 3.0 is within 10 % of 3.1
