@@ -118,8 +118,8 @@ def check_installed(
             obj["metadata"].setdefault("namespace", namespace)
     kinds = sorted(obj["kind"] for obj in objects)
     assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= set(kinds)
-    if install == "mi300x":  # namespaced RBAC: a Role and RoleBinding per watched namespace
-        assert kinds.count("Role") == kinds.count("RoleBinding") == 2
+    if install == "mi300x":  # a Role and RoleBinding per watched namespace, one for the Lease
+        assert kinds.count("Role") == kinds.count("RoleBinding") == 3
     missing = [
         f"{o['kind']}/{o['metadata']['name']}" for o in objects if not exists(control_plane, o)
     ]

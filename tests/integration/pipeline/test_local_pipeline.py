@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from finetune_cli.local.executor import approve_run
 from finetune_core.api import BenchmarkReport, FineTuneJobStatus, Metrics, Progress
+from finetune_core.gate import BASIS_WORDS
 from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, CurrentAlias, RunPaths
 from finetune_core.store import ArtifactStore, LocalStore, S3Store
 from tests.integration.pipeline.runner import (
@@ -106,14 +107,19 @@ def test_summary_shows_the_measured_sla_table_and_metrics(promoted: Finished) ->
     assert [p.name for p in report.profiles] == ["question", "answer"]
     tokens = {p["name"]: p["maxNewTokens"] for p in QUICKSTART_SLA}
     for profile in report.profiles:
+        p95 = f"{profile.p95:.2f} s"
+        if profile.lower_bound is not None and profile.upper_bound is not None:
+            p95 += f" [{profile.lower_bound:.2f}, {profile.upper_bound:.2f}]"
+        assert profile.verdict_basis is not None and profile.warmups is not None
         assert table_row(output, profile.name) == [
             profile.name,
             str(tokens[profile.name]),
             f"{profile.p50:.2f} s",
-            f"{profile.p95:.2f} s",
+            p95,
             f"{LIMIT_SECONDS:.2f} s",
+            f"{profile.samples} (+{profile.warmups} warm-up)",
             f"{profile.tokens_per_second:.1f}",
-            "pass",
+            f"pass ({BASIS_WORDS[profile.verdict_basis]})",
         ]
     metrics = read(promoted.store, RUN.metrics, Metrics)
     assert metrics.base_eval_loss is not None
@@ -156,7 +162,7 @@ def test_the_same_manifest_again_reports_instead_of_retraining(promoted: Finishe
     again = finetune("run", str(promoted.manifest), cwd=promoted.directory, timeout=120)
     assert again.returncode == 0, again.stdout
     assert "generation 1 already ran this spec (Promoted)" in again.stdout
-    assert table_row(again.stdout, "question")[-1] == "pass"
+    assert table_row(again.stdout, "question")[-1].startswith("pass")
     assert set(promoted.store.list("runs/")) == before
 
 
@@ -178,12 +184,14 @@ def test_an_impossible_sla_is_rejected_as_the_next_generation(
     report = read(store, run.benchmark_report, BenchmarkReport)
     answer = next(p for p in report.profiles if p.name == "answer")
     assert f"profile answer: p95 {answer.p95:.3g} s > limit 0.001 s" in result.stdout
+    assert answer.verdict_basis is not None
     assert table_row(result.stdout, "answer")[4:] == [
         "0.00 s",
+        f"{answer.samples} (+{answer.warmups} warm-up)",
         f"{answer.tokens_per_second:.1f}",
-        "FAIL",
+        f"FAIL ({BASIS_WORDS[answer.verdict_basis]})",
     ]
-    assert table_row(result.stdout, "question")[-1] == "pass"
+    assert table_row(result.stdout, "question")[-1].startswith("pass")
     status = read(store, run.status, FineTuneJobStatus)
     assert (status.phase, status.sla, status.promoted_model) == ("Rejected", "Failed", None)
     assert status.conditions[0].reason == "SlaMissed"
