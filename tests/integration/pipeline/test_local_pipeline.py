@@ -284,4 +284,6 @@ def test_s3_store_gets_the_same_tree_and_manual_promotion_waits_for_approval(
     status = json.loads(s3_store.get_bytes(RUN.status))
     assert (status["phase"], status["promotedModel"]) == ("Promoted", alias.uri)
     assert status["conditions"][0]["reason"] == "Promoted"
-    assert status["message"] == f"approved; promoted to {alias.uri}"
+    assert status["message"].startswith("SLA met: ")
+    assert status["message"].endswith(f"; generation 1 approved; promoted to {alias.uri}")
+    assert status["approvedGeneration"] == 1
