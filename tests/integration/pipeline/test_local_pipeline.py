@@ -39,7 +39,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 M = TypeVar("M", bound=BaseModel)
 RUN = RunPaths("local", "quickstart", 1)
-MODEL = "local/smollm2-135m"  # the namespace, then the alias
+ALIAS = "smollm2-135m"
+MODEL = f"local/{ALIAS}"  # where the alias lives: the namespace, then the alias
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def test_runs_and_show_read_the_same_status(promoted: Finished) -> None:
         "local",
         "1",
         "Promoted",
-        MODEL,
+        ALIAS,
         f"{metrics.eval_loss:.4f}",
         "Passed",
     ]
