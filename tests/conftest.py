@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -46,6 +47,10 @@ TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-access-key", "AWS_SECRET_ACCESS_K
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server on a free localhost port, for the whole session."""
     from moto.server import ThreadedMotoServer
+
+    # The server thread logs each request; after a test's output capture has closed, that
+    # logging only prints "Logging error" tracebacks.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
