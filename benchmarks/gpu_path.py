@@ -317,8 +317,10 @@ def peak_memory() -> int | None:
 
 
 def step_times(log: Path) -> list[float]:
-    """Seconds between consecutive optimizer steps, from the progress lines of the JSON log
-    (one per step: FINETUNE_PROGRESS_SECONDS is below a step's time)."""
+    """Seconds per optimizer step between consecutive progress lines of the JSON log. A line
+    comes at most every FINETUNE_PROGRESS_SECONDS, so on a fast machine lines skip steps: the
+    time between two lines is divided by the steps between them. The line at step 0 (training
+    begins) counts too, so two steps always give a figure."""
     seen: dict[int, float] = {}
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.startswith("{"):
@@ -328,11 +330,11 @@ def step_times(log: Path) -> list[float]:
         except json.JSONDecodeError:
             continue
         progress = entry.get("progress")
-        if isinstance(progress, dict) and progress.get("step"):
+        if isinstance(progress, dict) and isinstance(progress.get("step"), int):
             moment = datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
             seen.setdefault(int(progress["step"]), moment)
     steps = sorted(seen)
-    return [seen[b] - seen[a] for a, b in itertools.pairwise(steps) if b == a + 1]
+    return [(seen[b] - seen[a]) / (b - a) for a, b in itertools.pairwise(steps)]
 
 
 def figures(
