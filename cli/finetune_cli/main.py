@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from finetune_core.layout import ROUND_ENV
+
 app = typer.Typer(
     name="finetune",
     help="Fine-tune, benchmark and gate LLMs: locally or as a Kubernetes operator.",
@@ -75,11 +77,23 @@ def train(run: RunOption) -> None:
 
 
 @app.command()
-def benchmark(run: RunOption) -> None:
+def benchmark(
+    run: RunOption,
+    round: Annotated[
+        int,
+        typer.Option(
+            "--round",
+            min=1,
+            envvar=ROUND_ENV,
+            help="Benchmark round (2, 3, ... re-benchmark the same adapter); its report is "
+            "kept under report/rounds/<round>/.",
+        ),
+    ] = 1,
+) -> None:
     """Measure a run's adapter against its latency SLA (the benchmark pod's entrypoint)."""
     from finetune_trainer.benchmark import main as benchmark_main
 
-    raise typer.Exit(benchmark_main(run))
+    raise typer.Exit(benchmark_main(run, round))
 
 
 @app.command("run")
@@ -87,10 +101,20 @@ def run_local(
     manifest: Annotated[Path, typer.Argument(help="A FineTuneJob manifest.")],
     store: StoreOption = None,
     s3_endpoint: EndpointOption = None,
+    rebenchmark: Annotated[
+        bool,
+        typer.Option(
+            "--rebenchmark",
+            help="Measure the manifest's latest generation again (Rejected or "
+            "AwaitingApproval) without retraining, and gate it again.",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline locally: exit 0 promoted, 2 rejected, 1 failed."""
-    from finetune_cli.local.executor import run_manifest
+    from finetune_cli.local.executor import rebenchmark_run, run_manifest
 
+    if rebenchmark:
+        raise typer.Exit(rebenchmark_run(manifest, store=store, endpoint=s3_endpoint))
     raise typer.Exit(run_manifest(manifest, store=store, endpoint=s3_endpoint))
 
 

@@ -613,6 +613,19 @@ class SchedulingSpec(ApiModel):
     )
 
 
+class RetentionSpec(ApiModel):
+    """How much of a job's history the store keeps."""
+
+    keep_generations: int | None = Field(
+        default=None,
+        ge=0,
+        description="Run directories (runs/<namespace>/<name>/g<N>/) of superseded "
+        "generations to keep, newest first; older ones are deleted when a run settles. The "
+        "current generation and every promoted one are always kept. Default: the operator's "
+        "setting (FINETUNE_KEEP_GENERATIONS; locally the same variable), else all.",
+    )
+
+
 class FineTuneJobSpec(ApiModel):
     """Desired state: fine-tune this model on this dataset, then gate it on this SLA."""
 
@@ -627,6 +640,9 @@ class FineTuneJobSpec(ApiModel):
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="Promotion policy.")
     scheduling: SchedulingSpec = Field(
         default_factory=SchedulingSpec, description="Queueing (Kueue) and priority."
+    )
+    retention: RetentionSpec = Field(
+        default_factory=RetentionSpec, description="What the store keeps of earlier runs."
     )
 
     def resolve(self) -> ResolvedSpec:
@@ -657,6 +673,7 @@ class FineTuneJobSpec(ApiModel):
             dataset=self.dataset,
             benchmark=self.benchmark,
             promotion=self.promotion,
+            retention=self.retention,
         )
 
 
@@ -698,6 +715,7 @@ class ResolvedSpec(ApiModel):
     dataset: DatasetSpec
     benchmark: BenchmarkSpec
     promotion: PromotionSpec
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
 
 
 class RunConfig(ApiModel):
@@ -763,6 +781,8 @@ class Reason:
     ADMITTED = "Admitted"
     RETRYING = "Retrying"
     INVALID_APPROVAL = "InvalidApproval"
+    REBENCHMARK_STARTED = "RebenchmarkStarted"
+    INVALID_REBENCHMARK = "InvalidRebenchmark"
     INVALID_RUN_FILE = "InvalidRunFile"
     NON_FINITE_LOSS = "NonFiniteLoss"
     # The gate's verdicts.
@@ -915,6 +935,31 @@ class RunRecord(StatusModel):
     finished_at: str | None = Field(default=None, description="When it ended.")
 
 
+class Cost(StatusModel):
+    """GPU time the run's stages held, and what it costs at the operator's price."""
+
+    gpu_hours: float = Field(default=0.0, description="GPU-hours of the finished stages.")
+    training_gpu_hours: float = Field(default=0.0, description="Of which training.")
+    benchmark_gpu_hours: float = Field(
+        default=0.0, description="Of which benchmarking (every round)."
+    )
+    projected_gpu_hours: float | None = Field(
+        default=None,
+        description="While training: the finished stages plus the training stage's elapsed "
+        "time and its progress ETA.",
+    )
+    estimated_cost: float = Field(default=0.0, description="gpuHours times the price.")
+    projected_cost: float | None = Field(
+        default=None, description="projectedGpuHours times the price."
+    )
+    price_per_gpu_hour: float = Field(default=0.0, description="The operator's price.")
+    currency: str = Field(default="USD", description="The price's currency.")
+    stages: dict[str, float] = Field(
+        default_factory=dict,
+        description="GPU-hours per finished stage (Job name): kept after the Job is gone.",
+    )
+
+
 class FineTuneJobStatus(StatusModel):
     """Observed state, written by the operator."""
 
@@ -942,6 +987,17 @@ class FineTuneJobStatus(StatusModel):
         description="The generation the finetune.dev/approve annotation approved (manual policy).",
     )
     sla: str | None = Field(default=None, description="SLA verdict for printing: Passed or Failed.")
+    benchmark_round: int | None = Field(
+        default=None,
+        description="Which benchmark round the benchmark section reports: 1, then one more "
+        'for each finetune.dev/rebenchmark: "<generation>" request served.',
+    )
+    rebenchmark_request: str | None = Field(
+        default=None,
+        description="The finetune.dev/rebenchmark annotation value last served (so a value "
+        "starts one round only).",
+    )
+    cost: Cost | None = Field(default=None, description="GPU-hours and their cost.")
     started_at: str | None = Field(default=None, description="When the current run started.")
     runs: list[RunRecord] = Field(
         default_factory=list, description="Earlier runs, newest first (5)."

@@ -3,6 +3,7 @@
 The layout is a contract between the operator, the pods and users browsing the bucket:
     runs/<namespace>/<name>/g<generation>/{config,progress,metrics,error}.json
     runs/.../checkpoints/step-<N>/   adapter/   report/benchmark.json   report/index.html
+    runs/.../report/rounds/<k>/      every benchmark round's report (report/ is the latest)
     models/<namespace>/<alias>/<name>-g<generation>/   models/<namespace>/<alias>/current.json
 """
 
@@ -19,6 +20,9 @@ from finetune_core.api import ApiModel, ResolvedSpec, StatusModel
 from finetune_core.presets import PRESETS
 
 CHECKPOINT_COMPLETE_MARKER = "COMPLETE"
+# The benchmark round a stage measures (`finetune benchmark --round`): a local executor sets
+# it in the stage process's environment, a Job passes --round.
+ROUND_ENV = "FINETUNE_BENCHMARK_ROUND"
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,14 @@ class RunPaths:
     @property
     def report_html(self) -> str:
         return f"{self.report}/index.html"
+
+    def round_report(self, round: int) -> str:
+        """Where benchmark round `round` keeps its report (report/ holds the latest round's)."""
+        return f"{self.report}/rounds/{round}"
+
+    def round_benchmark_report(self, round: int) -> str:
+        """A round's benchmark.json, written last: once it exists, the round is complete."""
+        return f"{self.round_report(round)}/benchmark.json"
 
     def superseded(self, uid: str) -> str:
         """Where a run directory written for another object of the same name (deleted and

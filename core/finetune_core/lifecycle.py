@@ -44,12 +44,15 @@ from finetune_core.api import (
     RunRecord,
 )
 from finetune_core.clock import timestamp
+from finetune_core.cost import Price, StageTime, run_cost
 from finetune_core.layout import AliasPaths, CurrentAlias, ErrorReport, RunPaths, alias_of
 from finetune_core.manifest import Problem
 
 StageName = Literal["train", "benchmark"]
 STAGES: tuple[StageName, ...] = ("train", "benchmark")
 APPROVE_ANNOTATION = "finetune.dev/approve"
+REBENCHMARK_ANNOTATION = "finetune.dev/rebenchmark"
+REBENCHMARKABLE: frozenset[str] = frozenset({"Rejected", "AwaitingApproval"})
 RUN_HISTORY = 5
 MAX_MESSAGE = 2000
 MAX_STAGE_NAME = 63  # the Job controller copies a Job's name into a label value on its pods
@@ -62,10 +65,13 @@ ERROR_STAGES: dict[StageName, frozenset[str]] = {
 }
 
 
-def stage_name(name: str, generation: int, stage: StageName) -> str:
-    """`<name>-g<generation>-train` or `-bench`: the same stage for the same run, always (the
-    Job's name in a cluster, the process's name locally)."""
+def stage_name(name: str, generation: int, stage: StageName, round: int = 1) -> str:
+    """`<name>-g<generation>-train` or `-bench` (`-bench-r<k>` for re-benchmark round k >= 2):
+    the same stage for the same run, always (the Job's name in a cluster, the process's name
+    locally)."""
     full = f"{name}-g{generation}-{_SUFFIX[stage]}"
+    if stage == "benchmark" and round > 1:
+        full += f"-r{round}"
     if len(full) > MAX_STAGE_NAME:
         raise ValueError(f"stage name {full!r} is longer than {MAX_STAGE_NAME} characters")
     return full
@@ -83,6 +89,8 @@ class StageState:
     message: str = ""
     stuck: bool = False  # it never started (no image, unschedulable): delete it on failing
     queue: str | None = None  # suspended, waiting for admission to this queue (Kueue)
+    started_at: str | None = None  # when it started running (RFC 3339), for its GPU-hours
+    finished_at: str | None = None  # when it ended
 
 
 class Step(Enum):
@@ -102,6 +110,8 @@ class Step(Enum):
     BENCHMARK_FAILED = "benchmark-failed"
     BENCHMARKED = "benchmarked"
     BENCHMARK_STAGE_LOST = "benchmark-stage-lost"
+    REBENCHMARK = "rebenchmark"  # a settled run asked to be measured again
+    REBENCHMARK_REFUSED = "rebenchmark-refused"  # asked, but not in a form or phase that can
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,9 @@ class RunState:
     leftovers: tuple[str, ...] = ()  # stages of a deleted predecessor of the same name
     uid: str | None = None  # the object's identity (metadata.uid; a local job's own id)
     gpu_capacity_gib: float | None = None  # one GPU's memory, where the run needs a GPU
+    rebenchmark: str | None = None  # the rebenchmark annotation's value, if any
+    price: Price = field(default_factory=Price)  # of one GPU-hour
+    keep_generations: int | None = None  # the executor's retention default
 
     @property
     def status(self) -> FineTuneJobStatus:
@@ -141,6 +154,28 @@ class RunState:
     def approved(self) -> bool:
         """An approval names the generation it approves: a stale one approves nothing."""
         return self.approval == str(self.generation)
+
+    @property
+    def rebenchmark_pending(self) -> bool:
+        """A rebenchmark request not served yet (each value starts one round at most)."""
+        return self.rebenchmark is not None and self.rebenchmark != (
+            self.status.rebenchmark_request
+        )
+
+    @property
+    def rebenchmark_valid(self) -> bool:
+        """A request names the generation it re-benchmarks: "<generation>", or
+        "<generation>/<anything>" to ask again once a value was served."""
+        value, generation = self.rebenchmark or "", str(self.generation)
+        return value == generation or value.startswith(generation + "/")
+
+    @property
+    def benchmark_round(self) -> int:
+        """The benchmark round of this generation's run: 1, then 2, 3, ... per re-benchmark."""
+        status = self.status
+        if status.observed_generation != self.generation:
+            return 1
+        return status.benchmark_round or 1
 
     @property
     def resolved(self) -> ResolvedSpec:
@@ -165,6 +200,10 @@ class RunState:
     @property
     def step(self) -> Step:
         phase = self.phase
+        if not self.deleting and phase in SETTLED_PHASES and self.rebenchmark_pending:
+            if self.rebenchmark_valid and phase in REBENCHMARKABLE and not self.problems:
+                return Step.REBENCHMARK
+            return Step.REBENCHMARK_REFUSED
         if self.deleting or phase in TERMINAL_PHASES:
             return Step.SETTLED
         if self.problems:
@@ -216,6 +255,10 @@ class Reads:
     champion: AliasPaths | None = None  # the alias whose current version to read
     failed_stage: StageName | None = None  # whose own last words (pod messages) to read
     dataset: str | None = None  # s3:// URI whose existence to check before training
+    # A stage whose Job is gone (ttlSecondsAfterFinished, or deleted): did it leave its
+    # result (this benchmark round's report)? Then it finished, and the run goes on.
+    finished: StageName | None = None
+    round: int = 1
 
 
 def reads(state: RunState) -> Reads:
@@ -235,6 +278,17 @@ def reads(state: RunState) -> Reads:
             return Reads(metrics=True, report=True, champion=alias)
         case Step.BENCHMARK_FAILED:
             return Reads(error=True, failed_stage="benchmark")
+        case Step.TRAINING_STAGE_LOST:
+            return Reads(progress=True, metrics=True, checkpoints=True, finished="train")
+        case Step.BENCHMARK_STAGE_LOST:
+            alias = alias_of(state.resolved, state.namespace)
+            return Reads(
+                metrics=True,
+                report=True,
+                champion=alias,
+                finished="benchmark",
+                round=state.benchmark_round,
+            )
     return Reads()
 
 
@@ -259,6 +313,7 @@ class RunFiles:
     last_checkpoint: str | None = None  # URI
     dataset_missing: bool = False
     invalid: tuple[InvalidRunFile, ...] = ()
+    finished: bool = False  # the stage `Reads.finished` names left its result
 
 
 @dataclass(frozen=True)
@@ -302,9 +357,21 @@ class Decision:
     status: dict[str, Any] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
     create: StageName | None = None
+    round: int = 1  # the benchmark round `create` starts
     delete: tuple[str, ...] = ()
     promote: bool = False
     requeue: bool = False
+    prune: Prune | None = None  # settled: drop older generations' run directories
+
+
+@dataclass(frozen=True)
+class Prune:
+    """Keep the newest `keep` superseded generations' run directories; never the current
+    one, nor those in `protected` (promoted, by the status; the executor adds those the
+    alias names)."""
+
+    keep: int
+    protected: frozenset[int] = frozenset()
 
 
 NOTHING = Decision()
@@ -321,11 +388,56 @@ def decide(obs: Observation, now: datetime) -> Decision:
         return _fail(s, timestamp(now), Reason.JOB_REJECTED, message)
     decision = _decide(s, obs, timestamp(now))
     if decision.create is not None:
-        blocking = stage_name(s.name, s.generation, decision.create)
+        blocking = stage_name(s.name, s.generation, decision.create, decision.round)
         if blocking in s.leftovers:
             decision = Decision()  # the next pass, once it is gone, creates ours
     stale = tuple(name for name in s.superseded + s.leftovers if name not in decision.delete)
-    return replace(decision, delete=decision.delete + stale) if stale else decision
+    if stale:
+        decision = replace(decision, delete=decision.delete + stale)
+    if decision.status and s.step is not Step.SETTLED:
+        decision = _with_cost(s, obs, decision)
+    return _with_prune(s, decision)
+
+
+def _with_cost(s: RunState, obs: Observation, decision: Decision) -> Decision:
+    """The decision's status patch with status.cost brought up to date, if it moved. Only a
+    decision that writes the status anyway carries it: every transition after a stage ends
+    does, and so does each progress refresh, so cost costs no write of its own."""
+    after = merge_patch(s.raw_status, decision.status)
+    cost = parse_status(after).cost if after.get("cost") is not None else None
+    stages = [
+        StageTime(
+            state.name,
+            training=stage == "train",
+            finished=state.outcome != "running",
+            started_at=state.started_at,
+            finished_at=state.finished_at,
+        )
+        for stage in STAGES
+        if (state := s.stage(stage)) is not None
+    ]
+    progress = obs.files.progress if after.get("phase") == "Training" else None
+    recorded = cost.stages if cost is not None else {}
+    wire = _wire(run_cost(recorded, stages, s.gpus, s.price, progress))
+    if without_nulls(wire) == without_nulls(after.get("cost")):
+        return decision
+    return replace(decision, status={**decision.status, "cost": wire})
+
+
+def _with_prune(s: RunState, decision: Decision) -> Decision:
+    """A run that settles now lets go of older generations' run directories, if the spec or
+    the executor says how many to keep."""
+    if decision.status.get("phase") not in SETTLED_PHASES or s.spec is None:
+        return decision
+    keep = s.spec.retention.keep_generations
+    keep = s.keep_generations if keep is None else keep
+    if keep is None:
+        return decision
+    status = parse_status(merge_patch(s.raw_status, decision.status))
+    protected = {r.generation for r in status.runs if r.phase == "Promoted"}
+    if status.phase == "Promoted":
+        protected.add(s.generation)
+    return replace(decision, prune=Prune(keep, frozenset(protected)))
 
 
 def _decide(s: RunState, obs: Observation, at: str) -> Decision:
@@ -358,9 +470,17 @@ def _decide(s: RunState, obs: Observation, at: str) -> Decision:
             return _invalid_approval(s, at)
         case Step.AWAITING_APPROVAL:
             return NOTHING
+        case Step.REBENCHMARK:
+            return _rebenchmark(s, at)
+        case Step.REBENCHMARK_REFUSED:
+            return _rebenchmark_refused(s)
         case Step.TRAINING_STAGE_LOST | Step.BENCHMARK_STAGE_LOST:
             stage: StageName = "train" if s.step is Step.TRAINING_STAGE_LOST else "benchmark"
-            job = stage_name(s.name, s.generation, stage)
+            job = stage_name(s.name, s.generation, stage, s.benchmark_round)
+            if obs.files.finished:
+                # Its Job ended and was removed (ttlSecondsAfterFinished) before we saw it
+                # end: its result says it succeeded, so go on from there.
+                return _decide(s.with_stage(stage, StageState(job, "succeeded")), obs, at)
             return _fail(
                 s,
                 at,
@@ -412,6 +532,57 @@ def _invalid_approval(s: RunState, at: str) -> Decision:
         f'the generation it approves, "{s.generation}"; still waiting for approval'
     )
     return _move(s, at, "AwaitingApproval", Reason.INVALID_APPROVAL, message, warning=True)
+
+
+def _rebenchmark(s: RunState, at: str) -> Decision:
+    """Measure the same adapter once more, in a new benchmark stage, then gate again."""
+    round = s.benchmark_round + 1
+    try:
+        job = stage_name(s.name, s.generation, "benchmark", round)
+    except ValueError as too_long:
+        return _rebenchmark_refused(s, f"{too_long}: rename the job to re-benchmark it")
+    message = (
+        f"re-benchmark requested ({REBENCHMARK_ANNOTATION}={s.rebenchmark!r}); created "
+        f"benchmark Job {job} (round {round}); the adapter is not retrained"
+    )
+    fields = {"benchmarkRound": round, "rebenchmarkRequest": s.rebenchmark}
+    return _move(
+        s,
+        at,
+        "Benchmarking",
+        Reason.REBENCHMARK_STARTED,
+        message,
+        fields,
+        create="benchmark",
+        round=round,
+    )
+
+
+def _rebenchmark_refused(s: RunState, why: str | None = None) -> Decision:
+    """A request that cannot be served: say why once (the value is recorded as served, so
+    the next pass does not say it again); the phase and its message stay."""
+    value = f"{REBENCHMARK_ANNOTATION}={s.rebenchmark!r}"
+    if why is not None:
+        message = f"{value} is refused: {why}"
+    elif not s.rebenchmark_valid:
+        message = (
+            f"{value} asks for nothing: the annotation's value must be the generation to "
+            f're-benchmark, "{s.generation}" (or "{s.generation}/<anything>" to ask again)'
+        )
+    elif s.phase == "Promoted":
+        message = (
+            f"{value} is refused: generation {s.generation} is Promoted, and a promoted run is "
+            "not re-gated; retrain it (change the spec) or roll back"
+        )
+    else:
+        message = (
+            f"{value} is refused: generation {s.generation} is {s.phase}; only a Rejected or "
+            "AwaitingApproval run is re-benchmarked"
+        )
+    return Decision(
+        status=changes(s.raw_status, {"rebenchmarkRequest": s.rebenchmark}),
+        events=(Event("Warning", Reason.INVALID_REBENCHMARK, _cap(message)),),
+    )
 
 
 def _result_problem(s: RunState, obs: Observation, at: str, name: str) -> Decision | None:
@@ -474,6 +645,8 @@ def _new_run_fields(s: RunState, obs: Observation, at: str) -> dict[str, Any]:
         "artifacts": _wire(Artifacts(run=obs.run_uri)),
         "promotedModel": None,
         "sla": None,
+        "benchmarkRound": None,
+        "cost": None,
     }
 
 
@@ -730,6 +903,7 @@ def _move(
     warning: bool = False,
     events: Sequence[Event] | None = None,
     create: StageName | None = None,
+    round: int = 1,
     delete: tuple[str, ...] = (),
     requeue: bool = False,
 ) -> Decision:
@@ -752,6 +926,7 @@ def _move(
         status=status,
         events=tuple(events),
         create=create,
+        round=round,
         delete=delete,
         requeue=requeue,
     )

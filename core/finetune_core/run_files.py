@@ -20,7 +20,7 @@ from finetune_core.layout import (
     RunPaths,
     scan_checkpoints,
 )
-from finetune_core.lifecycle import InvalidRunFile, Reads, RunFiles
+from finetune_core.lifecycle import InvalidRunFile, Reads, RunFiles, StageName
 from finetune_core.promotion import PromotionError, read_champion
 from finetune_core.store import (
     ArtifactStore,
@@ -105,7 +105,9 @@ def read_run_files(
     A run directory written for another object `uid` holds nothing of this run's."""
     dataset_missing = dataset_missing_at(want.dataset, endpoint) if want.dataset else False
     wants_run_files = want.progress or want.metrics or want.report or want.error
-    if (wants_run_files or want.checkpoints) and written_for_another(store, run, uid):
+    if (wants_run_files or want.checkpoints or want.finished) and written_for_another(
+        store, run, uid
+    ):
         return RunFiles(dataset_missing=dataset_missing)
     checkpoint = last_checkpoint(store, run) if want.checkpoints else None
     invalid: list[InvalidRunFile] = []
@@ -120,4 +122,15 @@ def read_run_files(
         champion=champion(store, want.champion) if want.champion else None,
         last_checkpoint=store.uri(checkpoint) if checkpoint else None,
         dataset_missing=dataset_missing,
+        finished=want.finished is not None
+        and stage_finished(store, run, want.finished, want.round),
     )
+
+
+def stage_finished(store: ArtifactStore, run: RunPaths, stage: StageName, round: int = 1) -> bool:
+    """Whether a stage left its result: training its metrics and adapter, a benchmark round
+    its benchmark.json (written last)."""
+    if stage == "benchmark":
+        key = run.benchmark_report if round == 1 else run.round_benchmark_report(round)
+        return store.exists(key)
+    return store.exists(run.metrics) and any(store.list(run.adapter + "/"))

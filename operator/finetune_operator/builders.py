@@ -80,14 +80,16 @@ def build_job(
     spec: FineTuneJobSpec,
     settings: OperatorSettings,
     run_uri: str,
+    round: int = 1,
 ) -> dict[str, Any]:
-    """The batch/v1 Job that runs `finetune <stage> --run <run_uri>` for one generation."""
+    """The batch/v1 Job that runs `finetune <stage> --run <run_uri>` for one generation (and,
+    for a re-benchmark, `--round <k>`)."""
     labels = child_labels(name, generation, stage)
     queue = spec.scheduling.queue_name or settings.default_queue
     if queue:
         labels[LABEL_KUEUE_QUEUE] = queue
     metadata: dict[str, Any] = {
-        "name": stage_name(name, generation, stage),
+        "name": stage_name(name, generation, stage, round),
         "namespace": namespace,
         "labels": labels,
     }
@@ -99,9 +101,13 @@ def build_job(
         "podFailurePolicy": _pod_failure_policy(),
         "template": {
             "metadata": {"labels": dict(labels)},
-            "spec": _pod_spec(stage, spec.resources, settings, run_uri),
+            "spec": _pod_spec(stage, spec.resources, settings, run_uri, round),
         },
     }
+    if settings.job_ttl_seconds is not None:
+        # The run's status keeps what the lifecycle needs of a finished Job (its outcome,
+        # its GPU-hours), so the Job and its pods need not stay.
+        job_spec["ttlSecondsAfterFinished"] = settings.job_ttl_seconds
     if queue:
         job_spec["suspend"] = True  # Kueue un-suspends it once the queue admits it
     if spec.scheduling.priority_class_name:
@@ -136,7 +142,11 @@ def _pod_failure_policy() -> dict[str, Any]:
 
 
 def _pod_spec(
-    stage: StageName, resources: ResourcesSpec, settings: OperatorSettings, run_uri: str
+    stage: StageName,
+    resources: ResourcesSpec,
+    settings: OperatorSettings,
+    run_uri: str,
+    round: int = 1,
 ) -> dict[str, Any]:
     shm_size = resources.shm_size or settings.shm_size
     pod: dict[str, Any] = {
@@ -155,7 +165,7 @@ def _pod_spec(
             "supplementalGroups": list(settings.supplemental_groups),
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(stage, resources, settings, run_uri)],
+        "containers": [_container(stage, resources, settings, run_uri, round)],
         "volumes": [
             {
                 "name": "shm",
@@ -202,13 +212,20 @@ def _placement(resources: ResourcesSpec, settings: OperatorSettings) -> dict[str
 
 
 def _container(
-    stage: StageName, resources: ResourcesSpec, settings: OperatorSettings, run_uri: str
+    stage: StageName,
+    resources: ResourcesSpec,
+    settings: OperatorSettings,
+    run_uri: str,
+    round: int = 1,
 ) -> dict[str, Any]:
+    command = ["finetune", stage, "--run", run_uri]
+    if round > 1:
+        command += ["--round", str(round)]
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["finetune", stage, "--run", run_uri],
+        "command": command,
         "env": _env(settings),
         "volumeMounts": _volume_mounts(settings),
         "securityContext": {

@@ -23,12 +23,13 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from finetune_core.api import ResolvedSpec
-from finetune_core.layout import RunPaths
+from finetune_core.layout import RunPaths, alias_of
 from finetune_core.lifecycle import (
     STAGES,
     Decision,
     Event,
     Observation,
+    Prune,
     RunState,
     decide,
     reads,
@@ -36,6 +37,7 @@ from finetune_core.lifecycle import (
 )
 from finetune_core.manifest import parse_manifest
 from finetune_core.promotion import ChampionChanged, PromotionError, promote
+from finetune_core.retention import prune_runs
 from finetune_core.run_files import move_aside, read_run_files
 from finetune_core.runs import new_run_config
 from finetune_core.store import ArtifactStore
@@ -162,6 +164,8 @@ class Controller:
             decision = decide(refused, datetime.now(UTC))
         if decision.status:
             await self.kube.patch_finetunejob_status(namespace, name, decision.status)
+        if decision.prune is not None:
+            await self._prune(observation.state, decision.prune)
         phase = decision.status.get("phase") or observation.state.phase
         self.metrics.observe(namespace, name, phase, moved="phase" in decision.status)
         for event in decision.events:
@@ -257,6 +261,7 @@ class Controller:
             spec=parse_manifest(obj).spec,
             settings=self.settings,
             run_uri=self.store.uri(s.paths.prefix),
+            round=decision.round,
         )
         created = await self.kube.create_job(manifest)
         log.info(
@@ -266,6 +271,15 @@ class Controller:
             "created" if created else "found existing",
             manifest["metadata"]["name"],
         )
+
+    async def _prune(self, s: RunState, prune: Prune) -> None:
+        """Retention, once the run settled: best effort (a store fault only logs; the next
+        run that settles tries again)."""
+        try:
+            alias = alias_of(s.resolved, s.namespace)
+            await asyncio.to_thread(prune_runs, self.store, s.paths, alias, prune)
+        except Exception as error:
+            log.warning("%s/%s: could not prune run directories: %s", s.namespace, s.name, error)
 
     async def _write_config(self, paths: RunPaths, spec: ResolvedSpec, uid: str | None) -> None:
         """config.json tells the pods what to run; a run's config is written once, by the

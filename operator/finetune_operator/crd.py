@@ -90,6 +90,7 @@ _COLUMNS = [
     ("Progress", ".status.progress.percent", "integer"),
     ("Loss", ".status.progress.loss", "number"),
     ("SLA", ".status.sla", "string"),
+    ("GPU-h", ".status.cost.gpuHours", "number"),
 ]
 
 

@@ -9,10 +9,13 @@ from datetime import datetime
 from typing import Any
 
 from finetune_core.api import DATASET_SCHEMES, KIND, FineTuneJobSpec, Reason
+from finetune_core.cost import Price
 from finetune_core.lifecycle import (
     APPROVE_ANNOTATION,
+    REBENCHMARK_ANNOTATION,
     RunState,
     StageState,
+    parse_status,
     stage_name,
 )
 from finetune_core.manifest import InvalidManifest, Problem, parse_manifest
@@ -21,12 +24,15 @@ from finetune_operator.settings import OperatorSettings
 
 
 def stage_state(job: Mapping[str, Any]) -> StageState:
-    """A Job's outcome from its conditions, as the Job controller sets them."""
+    """A Job's outcome from its conditions, as the Job controller sets them, and when it
+    started and ended (its startTime, and its completionTime or the Failed condition's time)."""
     status = job.get("status") or {}
     true = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
     name = job["metadata"]["name"]
+    started = status.get("startTime")
     if "Complete" in true:
-        return StageState(name, "succeeded")
+        ended = status.get("completionTime") or true["Complete"].get("lastTransitionTime")
+        return StageState(name, "succeeded", started_at=started, finished_at=ended)
     if "Failed" in true:
         failed = true["Failed"]
         return StageState(
@@ -34,11 +40,13 @@ def stage_state(job: Mapping[str, Any]) -> StageState:
             "failed",
             reason=failed.get("reason") or Reason.JOB_FAILED,
             message=failed.get("message") or "",
+            started_at=started,
+            finished_at=failed.get("lastTransitionTime"),
         )
     if (job.get("spec") or {}).get("suspend"):
         queue = ((job["metadata"].get("labels") or {}).get(LABEL_KUEUE_QUEUE)) or ""
         return StageState(name, "running", queue=queue or "(none)")
-    return StageState(name, "running", ready=(status.get("ready") or 0) > 0)
+    return StageState(name, "running", ready=(status.get("ready") or 0) > 0, started_at=started)
 
 
 def cluster_problems(spec: FineTuneJobSpec, settings: OperatorSettings) -> list[Problem]:
@@ -89,8 +97,12 @@ def run_state(
     uid = meta.get("uid")
     ours, leftovers = owned_jobs(jobs, uid)
     states = {job["metadata"]["name"]: stage_state(job) for job in ours}
+    raw_status = obj.get("status") or {}
+    recorded = parse_status(raw_status)
+    # The benchmark stage of this run is the current round's (1, or a re-benchmark's).
+    round = (recorded.benchmark_round or 1) if recorded.observed_generation == generation else 1
     train_name = stage_name(name, generation, "train")
-    bench_name = stage_name(name, generation, "benchmark")
+    bench_name = stage_name(name, generation, "benchmark", round)
     superseded = tuple(
         sorted(
             job_name
@@ -105,8 +117,9 @@ def run_state(
         spec=resolved,
         gpus=spec.resources.gpus if spec is not None else 0,
         problems=tuple(problems),
-        raw_status=obj.get("status") or {},
+        raw_status=raw_status,
         approval=(meta.get("annotations") or {}).get(APPROVE_ANNOTATION),
+        rebenchmark=(meta.get("annotations") or {}).get(REBENCHMARK_ANNOTATION),
         deleting=bool(meta.get("deletionTimestamp")),
         train=states.get(train_name),
         bench=states.get(bench_name),
@@ -114,6 +127,8 @@ def run_state(
         leftovers=tuple(sorted(job["metadata"]["name"] for job in leftovers)),
         uid=uid,
         gpu_capacity_gib=settings.gpu_memory_gib if spec and spec.resources.gpus else None,
+        price=Price(settings.gpu_hour_price, settings.currency),
+        keep_generations=settings.keep_generations,
     )
 
 

@@ -46,6 +46,10 @@ ENV = {
     "FINETUNE_ALLOWED_TOLERATIONS": "allowed_tolerations",
     "FINETUNE_DEFAULT_QUEUE": "default_queue",
     "FINETUNE_GPU_MEMORY_GIB": "gpu_memory_gib",
+    "FINETUNE_GPU_HOUR_PRICE": "gpu_hour_price",
+    "FINETUNE_CURRENCY": "currency",
+    "FINETUNE_JOB_TTL_SECONDS": "job_ttl_seconds",
+    "FINETUNE_KEEP_GENERATIONS": "keep_generations",
     "FINETUNE_LEADER_ELECTION": "leader_election",
     "FINETUNE_LEASE_NAME": "lease_name",
     "FINETUNE_LEASE_NAMESPACE": "lease_namespace",
@@ -145,6 +149,25 @@ class OperatorSettings(BaseModel):
     default_queue: str | None = Field(
         default=None,
         description="Kueue LocalQueue for FineTuneJobs that name none (spec.scheduling.queueName).",
+    )
+    gpu_hour_price: float = Field(
+        default=0.0,
+        ge=0,
+        description="Price of one GPU-hour, for status.cost.estimatedCost.",
+    )
+    currency: str = Field(default="USD", min_length=1, description="The price's currency.")
+    job_ttl_seconds: int | None = Field(
+        default=86400,
+        ge=0,
+        description="ttlSecondsAfterFinished of the Jobs: a finished Job (and its pods) is "
+        "deleted that long after it ended. The run's status keeps what the lifecycle needs "
+        "(its outcome, its GPU-hours); None: finished Jobs stay until their FineTuneJob goes.",
+    )
+    keep_generations: int | None = Field(
+        default=None,
+        ge=0,
+        description="Superseded generations' run directories kept in the store per job "
+        "unless the FineTuneJob sets spec.retention.keepGenerations; None: all.",
     )
 
     def toleration_allowed(self, toleration: Mapping[str, Any]) -> bool:

@@ -50,14 +50,20 @@ def _profile(name: str, tokens: int, limit: float, p95: float) -> ProfileResult:
     )
 
 
-def benchmarked(store: ArtifactStore, run: RunPaths, answer_p95: float = 2.5) -> None:
-    """What `finetune benchmark` leaves: report/benchmark.json and the HTML report."""
+def benchmarked(
+    store: ArtifactStore, run: RunPaths, answer_p95: float = 2.5, round: int = 1
+) -> None:
+    """What `finetune benchmark [--round K]` leaves: report/benchmark.json and the HTML
+    report, and the same under report/rounds/<K>/."""
     profiles = [_profile("question", 48, 10, 3.5), _profile("answer", 24, 6, answer_p95)]
     report = BenchmarkReport(
         passed=all(p.passed for p in profiles), percentile=95, device="cpu", profiles=profiles
     )
+    html = f"<html>report of round {round}</html>".encode()
+    store.put_bytes(run.report_html, html, "text/html")
     store.put_json(run.benchmark_report, report.to_wire())
-    store.put_bytes(run.report_html, b"<html>report</html>", "text/html")
+    store.put_bytes(f"{run.round_report(round)}/index.html", html, "text/html")
+    store.put_json(run.round_benchmark_report(round), report.to_wire())
 
 
 def failed(store: ArtifactStore, run: RunPaths, stage: str, reason: str, message: str) -> None:

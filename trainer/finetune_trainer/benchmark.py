@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 STAGE: PodStage = "benchmark"
 
 
-def main(run_uri: str) -> int:
+def main(run_uri: str, round: int = 1) -> int:
     """The benchmark pod's entrypoint; see the module docstring for the exit codes."""
     setup_logging()
     try:
@@ -67,7 +67,7 @@ def main(run_uri: str) -> int:
         config = stage.read_config(store, run)
         clear_stale_error(store, run)
         with tempfile.TemporaryDirectory(prefix="finetune-benchmark-") as workdir:
-            report = run_benchmark(store, run, config, Path(workdir))
+            report = run_benchmark(store, run, config, Path(workdir), round)
     except StageFailure as failure:
         return stage.report(store, run, STAGE, failure)
     except Exception as error:  # the pod must leave error.json whatever went wrong
@@ -92,9 +92,10 @@ def clear_stale_error(store: ArtifactStore, run: RunPaths) -> None:
 
 
 def run_benchmark(
-    store: ArtifactStore, run: RunPaths, config: RunConfig, workdir: Path
+    store: ArtifactStore, run: RunPaths, config: RunConfig, workdir: Path, round: int = 1
 ) -> BenchmarkReport:
-    """Measure every SLA profile and write the report; returns benchmark.json's content."""
+    """Measure every SLA profile and write the report (report/, and report/rounds/<round>/
+    to keep it beside the other rounds'); returns benchmark.json's content."""
     from finetune_trainer.backend import select_backend
 
     select_backend()  # before anything imports transformers (unsloth patches it)
@@ -122,7 +123,20 @@ def run_benchmark(
     inputs = ReportInputs(run, config, report, verdict, measured, metrics, loss_chart)
     write_report(store, inputs, workdir / "report")
     store.put_json(run.benchmark_report, report.to_wire())  # last: the report is complete
+    keep_round(store, run, round, workdir / "report", report)
     return report
+
+
+def keep_round(
+    store: ArtifactStore, run: RunPaths, round: int, directory: Path, report: BenchmarkReport
+) -> None:
+    """A copy of this round's report under report/rounds/<round>/ (benchmark.json last: once
+    it is there, the round is complete), so a re-benchmark does not erase the earlier one."""
+    prefix = run.round_report(round)
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            store.put_file(f"{prefix}/{path.name}", path)
+    store.put_json(run.round_benchmark_report(round), report.to_wire())
 
 
 def load_adapter(

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,18 @@ from finetune_cli.local.processes import (
     Watcher,
     stage_env,
 )
+from finetune_cli.local.settings import InvalidSetting, LocalSettings
 from finetune_cli.local.view import named_run, run_details
 from finetune_core.api import Progress, Reason, RunConfig
+from finetune_core.clock import timestamp
 from finetune_core.exit_codes import EXIT_FAILED, PHASE_EXIT
-from finetune_core.layout import RunPaths
+from finetune_core.layout import ROUND_ENV, RunPaths, alias_of
 from finetune_core.lifecycle import (
+    REBENCHMARKABLE,
     Decision,
     Event,
     Observation,
+    Prune,
     RunState,
     StageName,
     StageState,
@@ -58,7 +62,8 @@ from finetune_core.lifecycle import (
 )
 from finetune_core.manifest import InvalidManifest
 from finetune_core.promotion import ChampionChanged, PromotionError, promote
-from finetune_core.run_files import read_run_files
+from finetune_core.retention import prune_runs
+from finetune_core.run_files import read_run_files, stage_finished
 from finetune_core.runs import RunSnapshot, latest_run, new_run_config, save_status
 from finetune_core.store import (
     ArtifactStore,
@@ -68,9 +73,13 @@ from finetune_core.store import (
     read_model_if_valid,
 )
 
-__all__ = ["approve_run", "run_manifest"]
+__all__ = ["approve_run", "rebenchmark_run", "run_manifest"]
 
 StageCommand = Callable[[StageName, str], list[str]]
+
+
+def _moment(moment: datetime | None) -> str | None:
+    return None if moment is None else timestamp(moment)
 
 
 def finetune_command(stage: StageName, run_uri: str) -> list[str]:
@@ -92,10 +101,13 @@ class LocalExecutor:
     interruption: Interruption
     endpoint: str | None = None
     approved: bool = False
+    rebenchmark: str | None = None  # a rebenchmark request, as the annotation's value
     command: StageCommand = finetune_command
+    settings: LocalSettings = field(default_factory=LocalSettings)
 
     def __post_init__(self) -> None:
-        self.processes: dict[StageName, StageProcess] = {}
+        # The newest process of each stage, by the stage name it runs as.
+        self.processes: dict[StageName, tuple[str, StageProcess]] = {}
 
     @property
     def paths(self) -> RunPaths:
@@ -113,32 +125,48 @@ class LocalExecutor:
             gpus=self.job.gpus,
             raw_status=self.raw_status,
             approval=str(self.generation) if self.approved else None,
+            rebenchmark=self.rebenchmark,
             train=self.stage_state("train"),
             bench=self.stage_state("benchmark"),
+            price=self.settings.price,
+            keep_generations=self.settings.keep_generations,
         )
+
+    @property
+    def round(self) -> int:
+        """The benchmark round the status names (1 until a re-benchmark)."""
+        return RunState(
+            self.job.namespace, self.job.name, self.generation, None, raw_status=self.raw_status
+        ).benchmark_round
 
     def stage_state(self, stage: StageName) -> StageState | None:
         """A stage of this invocation by its process; one of an earlier invocation (resumed
         or retried) only by the result it left in the store."""
-        name = stage_name(self.job.name, self.generation, stage)
-        process = self.processes.get(stage)
-        if process is not None:
+        round = self.round if stage == "benchmark" else 1
+        name = stage_name(self.job.name, self.generation, stage, round)
+        ran, process = self.processes.get(stage, ("", None))
+        if process is not None and ran == name:
             code = process.poll()
+            started, ended = _moment(process.started_at), _moment(process.finished_at)
             if code is None:
-                return StageState(name, "running", ready=True)
+                return StageState(name, "running", ready=True, started_at=started)
             if code == 0:
-                return StageState(name, "succeeded")
+                return StageState(name, "succeeded", started_at=started, finished_at=ended)
             exited = f"`finetune {stage}` exited with code {code}"
-            return StageState(name, "failed", reason=Reason.STAGE_EXITED, message=exited)
-        if self.finished_before(stage):
+            return StageState(
+                name,
+                "failed",
+                reason=Reason.STAGE_EXITED,
+                message=exited,
+                started_at=started,
+                finished_at=ended,
+            )
+        if self.finished_before(stage, round):
             return StageState(name, "succeeded")
         return None
 
-    def finished_before(self, stage: StageName) -> bool:
-        store, run = self.store, self.paths
-        if stage == "benchmark":
-            return store.exists(run.benchmark_report)
-        return store.exists(run.metrics) and any(store.list(run.adapter + "/"))
+    def finished_before(self, stage: StageName, round: int = 1) -> bool:
+        return stage_finished(self.store, self.paths, stage, round)
 
     def observe(self) -> Observation:
         state = self.state()
@@ -157,11 +185,13 @@ class LocalExecutor:
             if decision.promote:
                 decision = decide(self.promote(observation), datetime.now(UTC))
             if decision.create is not None:
-                self.start(decision.create)
+                self.start(decision.create, decision.round)
             self.record(decision)
+            if decision.prune is not None:
+                self.prune(decision.prune)
             if decision.requeue or decision.create is not None:
                 continue
-            running = [(stage, p) for stage, p in self.processes.items() if p.code is None]
+            running = [(stage, p) for stage, (_, p) in self.processes.items() if p.code is None]
             if running:
                 stage, process = running[0]
                 if self.interruption.count:
@@ -173,10 +203,15 @@ class LocalExecutor:
             if not decision.status:
                 raise AssertionError(f"the run made no progress at {self.state().step}")
 
-    def start(self, stage: StageName) -> None:
+    def start(self, stage: StageName, round: int = 1) -> None:
         """Start a stage (a stale error.json of an earlier try would explain nothing now)."""
         self.store.delete(self.paths.error)
         run_uri = self.store.uri(self.paths.prefix)
+        env = dict(self.env)
+        log: str = stage
+        if stage == "benchmark" and round > 1:
+            env[ROUND_ENV] = str(round)
+            log = f"{stage}-r{round}"
         watcher: Watcher = (
             TrainingWatcher(self.console, self.store, self.paths)
             if stage == "train"
@@ -184,21 +219,22 @@ class LocalExecutor:
         )
         process = StageProcess(
             self.command(stage, run_uri),
-            self.env,
-            self.logs / f"{stage}.log",
+            env,
+            self.logs / f"{log}.log",
             watcher,
-            on_exit=lambda ended, code: self.stage_ended(stage, ended, code),
+            on_exit=lambda ended, code: self.stage_ended(stage, log, ended, code),
         )
-        self.console.print(f"[bold]{stage}[/]: finetune {stage} --run {run_uri}", highlight=False)
+        shown = f"finetune {stage} --run {run_uri}" + (f" --round {round}" if round > 1 else "")
+        self.console.print(f"[bold]{stage}[/]: {shown}", highlight=False)
         process.start()
-        self.processes[stage] = process
+        self.processes[stage] = (stage_name(self.job.name, self.generation, stage, round), process)
 
-    def stage_ended(self, stage: StageName, process: StageProcess, code: int) -> None:
+    def stage_ended(self, stage: StageName, log: str, process: StageProcess, code: int) -> None:
         """Keep the stage's output beside the run; show its last lines when it failed."""
-        self.store.put_file(self.paths.log(stage), process.log_path)
+        self.store.put_file(self.paths.log(log), process.log_path)
         if code == 0 or self.interruption.count:
             return
-        log_uri = self.store.uri(self.paths.log(stage))
+        log_uri = self.store.uri(self.paths.log(log))
         self.console.print(f"[red]Last output of {stage}[/] (all of it: {log_uri}):")
         for line in process.tail:
             self.console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
@@ -215,6 +251,14 @@ class LocalExecutor:
         )
         self.record(interrupted(self.state(), datetime.now(UTC), message, progress))
         return self.interruption.exit_code
+
+    def prune(self, prune: Prune) -> None:
+        """Retention, as the operator does it: older generations' run directories go."""
+        alias = alias_of(self.job.spec, self.job.namespace)
+        for generation in prune_runs(self.store, self.paths, alias, prune):
+            self.console.print(
+                f"retention: removed generation {generation}'s run directory", highlight=False
+            )
 
     def promote(self, observation: Observation) -> Observation:
         try:
@@ -259,15 +303,19 @@ def run_manifest(
     console = Console()
     try:
         job = load_job(path)
+        settings = LocalSettings.from_env()
     except InvalidManifest as invalid:
         print_problems(console, path, invalid.problems)
+        return EXIT_FAILED
+    except InvalidSetting as invalid:
+        console.print(f"[red]{invalid}[/]", highlight=False)
         return EXIT_FAILED
     try:
         artifacts = open_store(store, endpoint)
         if isinstance(artifacts, S3Store):
             artifacts.ensure_bucket()
         with run_lock(artifacts, job.namespace, job.name):
-            return _run(console, job, artifacts, endpoint, command)
+            return _run(console, job, artifacts, endpoint, command, settings)
     except StoreUnavailable as error:
         console.print(f"[red]The artifact store is unreachable:[/] {error}")
         return EXIT_FAILED
@@ -282,6 +330,7 @@ def _run(
     store: ArtifactStore,
     endpoint: str | None,
     command: StageCommand,
+    settings: LocalSettings,
 ) -> int:
     latest = latest_run(store, job.namespace, job.name)
     # A local job has no API server to give it a UID: it gets one at its first run, and
@@ -305,7 +354,7 @@ def _run(
         config = new_run_config(run, job.uid, job.spec)
         store.put_json(run.config, config.to_wire())
     with _executor(
-        console, store, job, choice.generation, raw_status, endpoint, command
+        console, store, job, choice.generation, raw_status, endpoint, command, settings=settings
     ) as executor:
         first = None
         if choice.action == "resume":
@@ -323,6 +372,8 @@ def _executor(
     endpoint: str | None,
     command: StageCommand,
     approved: bool = False,
+    rebenchmark: str | None = None,
+    settings: LocalSettings | None = None,
 ) -> Iterator[LocalExecutor]:
     with (
         tempfile.TemporaryDirectory(prefix="finetune-logs-") as logs,
@@ -339,7 +390,9 @@ def _executor(
             interruption,
             endpoint=endpoint,
             approved=approved,
+            rebenchmark=rebenchmark,
             command=command,
+            settings=settings or LocalSettings.from_env(),
         )
 
 
@@ -377,6 +430,72 @@ def approve_run(
             ) as executor,
         ):
             return executor.execute()
+    except RunLocked as locked:
+        console.print(f"[red]{locked}[/]", highlight=False)
+        return EXIT_FAILED
+
+
+def rebenchmark_run(
+    path: Path, store: str | None, endpoint: str | None, command: StageCommand = finetune_command
+) -> int:
+    """`finetune run --rebenchmark FILE.yaml`: measure the manifest's latest generation once
+    more (one more benchmark stage, round 2, 3, ...) and gate it again, without retraining,
+    as the annotation finetune.dev/rebenchmark does in a cluster. Only a Rejected or
+    AwaitingApproval run: a promoted one is not re-gated."""
+    console = Console()
+    try:
+        manifest = load_job(path)
+        settings = LocalSettings.from_env()
+    except InvalidManifest as invalid:
+        print_problems(console, path, invalid.problems)
+        return EXIT_FAILED
+    except InvalidSetting as invalid:
+        console.print(f"[red]{invalid}[/]", highlight=False)
+        return EXIT_FAILED
+    try:
+        artifacts = open_store(store, endpoint)
+        with run_lock(artifacts, manifest.namespace, manifest.name):
+            latest = latest_run(artifacts, manifest.namespace, manifest.name)
+            if latest is None:
+                console.print(
+                    f"[red]{manifest.namespace}/{manifest.name} has no run in "
+                    f"{artifacts.uri()}: run it first (finetune run {path})[/]",
+                    highlight=False,
+                )
+                return EXIT_FAILED
+            run, status = latest.paths, latest.status
+            if status.phase not in REBENCHMARKABLE:
+                why = (
+                    "a promoted run is not re-gated: retrain it (change the manifest) or roll "
+                    "back (finetune rollback)"
+                    if status.phase == "Promoted"
+                    else "only a Rejected or AwaitingApproval run is re-benchmarked"
+                )
+                console.print(
+                    f"[red]{run.namespace}/{run.name} generation {run.generation} is "
+                    f"{status.phase}; {why}[/]",
+                    highlight=False,
+                )
+                return EXIT_FAILED
+            config = latest.config
+            job = LocalJob(run.namespace, run.name, config.spec, manifest.gpus, None, config.uid)
+            # A request value of its own, as a person annotating again would write it.
+            request = f"{run.generation}/r{(status.benchmark_round or 1) + 1}"
+            with _executor(
+                console,
+                artifacts,
+                job,
+                run.generation,
+                status.to_wire(),
+                endpoint,
+                command,
+                rebenchmark=request,
+                settings=settings,
+            ) as executor:
+                return executor.execute()
+    except StoreUnavailable as error:
+        console.print(f"[red]The artifact store is unreachable:[/] {error}")
+        return EXIT_FAILED
     except RunLocked as locked:
         console.print(f"[red]{locked}[/]", highlight=False)
         return EXIT_FAILED

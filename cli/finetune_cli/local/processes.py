@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -217,8 +218,12 @@ class StageProcess:
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self.code: int | None = None
+        # When it started and ended (UTC), for the run's GPU-hours.
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
 
     def start(self) -> None:
+        self.started_at = datetime.now(UTC)
         with sigint_ignored():
             self._process = subprocess.Popen(
                 self.command,
@@ -264,6 +269,7 @@ class StageProcess:
 
     def _finish(self, code: int) -> None:
         self.code = code
+        self.finished_at = datetime.now(UTC)
         if self._reader is not None:
             self._reader.join(timeout=10)
         self.watcher.refresh()

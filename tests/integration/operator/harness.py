@@ -394,8 +394,8 @@ class Cluster:
     def pod_trained(self, run: RunPaths, eval_loss: float = 1.21) -> None:
         stage_files.trained(self.store, run, eval_loss)
 
-    def pod_benchmarked(self, run: RunPaths, answer_p95: float = 2.5) -> None:
-        stage_files.benchmarked(self.store, run, answer_p95)
+    def pod_benchmarked(self, run: RunPaths, answer_p95: float = 2.5, round: int = 1) -> None:
+        stage_files.benchmarked(self.store, run, answer_p95, round)
 
     def pod_failed(self, run: RunPaths, stage: str, reason: str, message: str) -> None:
         stage_files.failed(self.store, run, stage, reason, message)

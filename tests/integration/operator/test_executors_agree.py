@@ -10,6 +10,7 @@ but for where the store is and when things happened.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,9 @@ async def test_the_operator_and_finetune_run_reach_the_same_status(
 ) -> None:
     scenario = SCENARIOS[name]
     in_cluster = comparable(await on_cluster(cluster, scenario), cluster.store.uri())
-    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the scripted stages import tests.support
+    # The scripted stages import tests.support (and whatever the caller's path puts first).
+    inherited = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), inherited])))
     local = on_local(tmp_path, cluster.dataset, s3_env["FINETUNE_S3_ENDPOINT"], scenario)
     assert comparable(local, str((tmp_path / "store").resolve())) == in_cluster
     assert in_cluster["phase"] == ("Promoted" if scenario.approve else scenario.settles_in)

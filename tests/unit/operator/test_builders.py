@@ -342,7 +342,14 @@ def test_retries_and_deadlines() -> None:
     for built in (train, bench):
         pod = built["spec"]["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] == defaults.termination_grace_seconds
-        assert "ttlSecondsAfterFinished" not in built["spec"]  # the operator reads finished Jobs
+        # A finished Job goes after a day: the status keeps what the lifecycle needs of it.
+        assert built["spec"]["ttlSecondsAfterFinished"] == defaults.job_ttl_seconds == 86400
+    assert (
+        job("train", config=settings(job_ttl_seconds=600))["spec"]["ttlSecondsAfterFinished"] == 600
+    )
+    assert (
+        "ttlSecondsAfterFinished" not in job("train", config=settings(job_ttl_seconds=None))["spec"]
+    )
 
 
 @pytest.mark.parametrize("stage", ["train", "benchmark"])

@@ -195,7 +195,7 @@ def test_optional_and_bounded_fields_are_converted() -> None:
 def test_printer_columns_show_typed_status_fields() -> None:
     version = crd_dict()["spec"]["versions"][0]
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Model", "Progress", "Loss", "SLA", "Age"]
+    assert list(columns) == ["Phase", "Model", "Progress", "Loss", "SLA", "GPU-h", "Age"]
     assert columns["Age"] == {
         "name": "Age",
         "type": "date",
@@ -203,12 +203,13 @@ def test_printer_columns_show_typed_status_fields() -> None:
         "description": "Time since the object was created.",
     }
     schema = version["schema"]["openAPIV3Schema"]
-    for name in ["Phase", "Model", "Progress", "Loss", "SLA"]:
+    for name in ["Phase", "Model", "Progress", "Loss", "SLA", "GPU-h"]:
         column = columns[name]
         field = node_at(schema, column["jsonPath"].lstrip("."))
         assert column["type"] == field["type"], name
         assert column["description"] == field["description"]
     assert columns["Progress"]["jsonPath"] == ".status.progress.percent"
+    assert columns["GPU-h"]["jsonPath"] == ".status.cost.gpuHours"
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)

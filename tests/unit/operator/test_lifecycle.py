@@ -326,7 +326,7 @@ def test_training_refreshes_progress_without_an_event() -> None:
         NOW,
     )
     assert decision.events == () and decision.create is None
-    assert set(decision.status) == {"progress", "artifacts"}
+    assert set(decision.status) == {"progress", "artifacts", "cost"}  # cost rides along
     assert decision.status["progress"]["percent"] == 25
     assert decision.status["progress"]["step"] == 30
     assert decision.status["artifacts"]["lastCheckpoint"] == f"{run_uri()}/checkpoints/step-20"
