@@ -394,7 +394,7 @@ def decide(obs: Observation, now: datetime) -> Decision:
     stale = tuple(name for name in s.superseded + s.leftovers if name not in decision.delete)
     if stale:
         decision = replace(decision, delete=decision.delete + stale)
-    if decision.status and s.step is not Step.SETTLED:
+    if decision.status and s.step not in (Step.SETTLED, Step.REBENCHMARK_REFUSED):
         decision = _with_cost(s, obs, decision)
     return _with_prune(s, decision)
 
