@@ -216,8 +216,10 @@ class Cluster:
             f"{name} generation {generation} in phase {phase}",
         )
 
-    async def wait_for_job(self, name: str, generation: int, stage: StageName) -> dict[str, Any]:
-        job_name = stage_name(name, generation, stage)
+    async def wait_for_job(
+        self, name: str, generation: int, stage: StageName, round: int = 1
+    ) -> dict[str, Any]:
+        job_name = stage_name(name, generation, stage, round)
         return await self.wait_for(lambda: self.job(job_name), f"Job {job_name}")
 
     # ---------------------------------------------------------------- the API
@@ -273,6 +275,16 @@ class Cluster:
         self.pod_benchmarked(run)
         await self.job_succeeded(bench["metadata"]["name"])
         await self.wait_for_phase(name, "Promoted")
+
+    async def job_removed(self, job: str) -> None:
+        """What the TTL-after-finished controller does once a finished Job's TTL elapsed."""
+        await self._request(
+            "DELETE",
+            f"{JOBS_URL}/{job}",
+            {"propagationPolicy": "Background"},
+            "application/json",
+        )
+        await self.wait_for(lambda: self.job(job) is None, f"Job {job} removed")
 
     async def admit(self, job: str) -> None:
         """What Kueue does when the queue admits a suspended Job."""
