@@ -119,7 +119,7 @@ def test_an_impossible_sla_is_rejected_with_a_complete_report(
     spec = run_spec(s3_store.uri("datasets/devtopics.jsonl"), sla, percentile=50, mergeAdapter=True)
     uri = trained.copy_to(s3_store, RUN, spec)
 
-    assert main(uri) == 0  # measured: a verdict, not a failure
+    assert main(uri, round=2) == 0  # measured: a verdict, not a failure (a re-benchmark)
     assert not s3_store.exists(RUN.error)
     report = BenchmarkReport.model_validate(s3_store.get_json(RUN.benchmark_report))
     assert not report.passed
@@ -144,6 +144,16 @@ def test_an_impossible_sla_is_rejected_with_a_complete_report(
         f"{RUN.report}/latency-answer.png",
         f"{RUN.report}/loss.png",
     }
+    # The round keeps its own copy beside the latest (report/), benchmark.json last.
+    kept = RUN.round_report(2)
+    assert set(s3_store.list(kept)) == {
+        RUN.round_benchmark_report(2),
+        f"{kept}/index.html",
+        f"{kept}/samples.json",
+        f"{kept}/latency-answer.png",
+    }
+    assert s3_store.get_json(RUN.round_benchmark_report(2)) == report.to_wire()
+    assert s3_store.get_bytes(f"{kept}/index.html") == s3_store.get_bytes(RUN.report_html)
     page = s3_store.get_bytes(RUN.report_html).decode()
     assert_self_contained(page)
     assert "REJECTED" in page and "SlaMissed" in page

@@ -145,6 +145,12 @@ def test_operator_env_is_exactly_the_settings_and_parses(
     assert settings.metrics_port == values["metrics"]["port"]
     assert settings.health_port == values["health"]["port"]
     assert settings.api_timeout_seconds == values["apiTimeoutSeconds"]
+    assert settings.gpu_hour_price == trainer["gpuHourPrice"]
+    assert settings.currency == trainer["currency"]
+    assert settings.job_ttl_seconds == trainer["jobTtlSecondsAfterFinished"]
+    assert settings.keep_generations == (
+        None if trainer["keepGenerations"] == "" else trainer["keepGenerations"]
+    )
     election = values["leaderElection"]
     assert settings.leader_election == election["enabled"]
     assert settings.lease_name == election["leaseName"]
