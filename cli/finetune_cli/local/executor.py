@@ -402,6 +402,11 @@ def approve_run(
     """`finetune approve [NAMESPACE/]NAME`: promote a run that passed the gate and waits for
     approval (promotion.policy: manual), as the approve annotation does in a cluster."""
     console = Console()
+    try:
+        settings = LocalSettings.from_env()
+    except InvalidSetting as invalid:
+        console.print(f"[red]{invalid}[/]", highlight=False)
+        return EXIT_FAILED
     found = named_run(console, name, store, endpoint)
     if found is None:
         return EXIT_FAILED
@@ -427,6 +432,7 @@ def approve_run(
                 endpoint,
                 command,
                 approved=True,
+                settings=settings,
             ) as executor,
         ):
             return executor.execute()

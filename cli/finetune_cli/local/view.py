@@ -9,7 +9,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from finetune_core.api import BenchmarkReport, BenchmarkSpec, FineTuneJobStatus, Metrics
+from finetune_core.api import BenchmarkReport, BenchmarkSpec, Cost, FineTuneJobStatus, Metrics
 from finetune_core.exit_codes import EXIT_FAILED, EXIT_OK
 from finetune_core.gate import BASIS_WORDS, interval_of, percentile_of, profile_verdict
 from finetune_core.layout import model_key
@@ -161,8 +161,25 @@ def run_details(store: ArtifactStore, snapshot: RunSnapshot) -> RenderableType:
         places.add_row("checkpoint", artifacts.last_checkpoint)
     if status.promoted_model:
         places.add_row("promoted", status.promoted_model)
+    if (status.benchmark_round or 1) > 1:
+        kept = store.uri(run.round_report(1)).rsplit("/", 1)[0]
+        places.add_row("benchmark round", f"{status.benchmark_round} (every round: {kept}/)")
+    if status.cost is not None:
+        places.add_row("GPU-hours", cost_line(status.cost))
     parts.append(places)
     return Group(*parts)
+
+
+def cost_line(cost: Cost) -> str:
+    """`1.5 (training 1.2, benchmark 0.3), 4.50 EUR`; the projection while training."""
+    line = (
+        f"{cost.gpu_hours:g} (training {cost.training_gpu_hours:g}, benchmark "
+        f"{cost.benchmark_gpu_hours:g}), {cost.estimated_cost:.2f} {cost.currency}"
+    )
+    if cost.projected_gpu_hours is not None:
+        projected = cost.projected_cost or 0.0
+        line += f"; projected {cost.projected_gpu_hours:g} ({projected:.2f} {cost.currency})"
+    return line
 
 
 def list_runs(store: str | None, endpoint: str | None) -> int:

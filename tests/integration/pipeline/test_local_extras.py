@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from finetune_cli.local.executor import rebenchmark_run, run_manifest
+from finetune_cli.main import app
 from finetune_core.lifecycle import StageName
 from finetune_core.runs import find_runs, latest_run
 from finetune_core.store import LocalStore
@@ -83,8 +85,14 @@ def test_a_rejected_run_is_benchmarked_again_without_retraining(
     assert cost.gpu_hours == pytest.approx(sum(cost.stages.values()), abs=1e-4)
     assert cost.estimated_cost == round(cost.gpu_hours * 2.5, 2)
 
-    # A promoted run is not re-gated.
-    assert rebenchmark_run(path, store.uri(), None, scripted("passes")) == 1
+    shown = CliRunner().invoke(app, ["show", f"{NAMESPACE}/{NAME}", "--store", store.uri()])
+    assert "benchmark round  2" in " ".join(shown.output.split("\n"))
+    assert "GPU-hours" in shown.output and "EUR" in shown.output
+
+    # A promoted run is not re-gated (through the command line, as a person types it).
+    refused = CliRunner().invoke(app, ["run", "--rebenchmark", str(path), "--store", store.uri()])
+    assert refused.exit_code == 1
+    assert "a promoted run is not re-gated" in " ".join(refused.output.split())
     assert latest_run(store, NAMESPACE, NAME).status.benchmark_round == 2  # type: ignore[union-attr]
 
 
