@@ -485,8 +485,11 @@ def rebenchmark_run(
                 return EXIT_FAILED
             config = latest.config
             job = LocalJob(run.namespace, run.name, config.spec, manifest.gpus, None, config.uid)
-            # A request value of its own, as a person annotating again would write it.
-            request = f"{run.generation}/r{(status.benchmark_round or 1) + 1}"
+            # The value a person would annotate: the generation, the first time; then one of
+            # its own for each further round.
+            request = str(run.generation)
+            if status.rebenchmark_request == request:
+                request = f"{run.generation}/r{(status.benchmark_round or 1) + 1}"
             with _executor(
                 console,
                 artifacts,

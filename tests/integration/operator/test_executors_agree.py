@@ -19,8 +19,14 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_cli.local.executor import approve_run, run_manifest
-from finetune_core.lifecycle import APPROVE_ANNOTATION, STAGES, StageName, without_nulls
+from finetune_cli.local.executor import approve_run, rebenchmark_run, run_manifest
+from finetune_core.lifecycle import (
+    APPROVE_ANNOTATION,
+    REBENCHMARK_ANNOTATION,
+    STAGES,
+    StageName,
+    without_nulls,
+)
 from finetune_core.runs import latest_run
 from finetune_core.store import LocalStore
 from tests.conftest import REPO
@@ -37,6 +43,7 @@ class Scenario:
     settles_in: str
     spec: dict[str, Any] = field(default_factory=dict)
     approve: bool = False
+    rebenchmark: bool = False  # then measured again: round 2
 
 
 SCENARIOS = {
@@ -44,6 +51,7 @@ SCENARIOS = {
     "rejected": Scenario("slow-answer", "Rejected"),
     "invalid-dataset": Scenario("bad-dataset", "Failed"),
     "approved": Scenario("passes", "AwaitingApproval", {"promotion": {"policy": "manual"}}, True),
+    "rebenchmarked": Scenario("slow-then-fast", "Rejected", rebenchmark=True),
 }
 
 
@@ -63,6 +71,14 @@ async def on_cluster(cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
     status = await cluster.wait_for_phase(NAME, scenario.settles_in)
     if scenario.approve:
         await cluster.patch(NAME, {"metadata": {"annotations": {APPROVE_ANNOTATION: "1"}}})
+        status = await cluster.wait_for_phase(NAME, "Promoted")
+    if scenario.rebenchmark:
+        await cluster.patch(NAME, {"metadata": {"annotations": {REBENCHMARK_ANNOTATION: "1"}}})
+        job = (await cluster.wait_for_job(NAME, 1, "benchmark", round=2))["metadata"]["name"]
+        await cluster.job_running(job)
+        await cluster.wait_for_phase(NAME, "Benchmarking")
+        assert scripted_stage.play(scenario.script, "benchmark", run_uri, round=2) == 0
+        await cluster.job_succeeded(job)
         status = await cluster.wait_for_phase(NAME, "Promoted")
     return status
 
@@ -87,6 +103,8 @@ def on_local(directory: Path, dataset: str, endpoint: str, scenario: Scenario) -
     run_manifest(path, str(store), endpoint, command)
     if scenario.approve:
         assert approve_run(f"{NAMESPACE}/{NAME}", str(store), endpoint, command) == 0
+    if scenario.rebenchmark:
+        assert rebenchmark_run(path, str(store), endpoint, command) == 0
     snapshot = latest_run(LocalStore(store), NAMESPACE, NAME)
     assert snapshot is not None
     return snapshot.status.to_wire()
@@ -118,7 +136,8 @@ async def test_the_operator_and_finetune_run_reach_the_same_status(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), inherited])))
     local = on_local(tmp_path, cluster.dataset, s3_env["FINETUNE_S3_ENDPOINT"], scenario)
     assert comparable(local, str((tmp_path / "store").resolve())) == in_cluster
-    assert in_cluster["phase"] == ("Promoted" if scenario.approve else scenario.settles_in)
+    regated = scenario.approve or scenario.rebenchmark
+    assert in_cluster["phase"] == ("Promoted" if regated else scenario.settles_in)
     assert {c["type"]: c["status"] for c in in_cluster["conditions"]} == {
         "Ready": "True" if in_cluster["phase"] == "Promoted" else "False",
         "Reconciling": "False",
