@@ -99,3 +99,28 @@ async def test_finished_jobs_removed_by_their_ttl_change_nothing(cluster: Cluste
     # Nothing re-ran, nothing was taken for a Job deleted before it finished.
     assert cluster.job_creations("tidy") == ["tidy-g1-train", "tidy-g1-bench", "tidy-g1-bench-r2"]
     assert "JobDeleted" not in cluster.event_reasons("tidy")
+
+
+async def test_a_settled_run_prunes_older_generations_run_directories(cluster: Cluster) -> None:
+    """spec.retention.keepGenerations: 0 keeps only the current (and any promoted)
+    generation's run directory once a run settles."""
+    spec = {"resources": {"gpus": 1}, "retention": {"keepGenerations": 0}}
+    await cluster.create(small_job("lean", cluster.dataset, **spec))
+    for generation in (1, 2):
+        run = cluster.run("lean", generation)
+        train = await cluster.wait_for_job("lean", generation, "train")
+        cluster.pod_trained(run)
+        await cluster.job_succeeded(train["metadata"]["name"])
+        bench = await cluster.wait_for_job("lean", generation, "benchmark")
+        cluster.pod_benchmarked(run, answer_p95=7.25)
+        await cluster.job_succeeded(bench["metadata"]["name"])
+        await cluster.wait_for_phase("lean", "Rejected", generation=generation)
+        if generation == 1:
+            assert cluster.store.exists(run.config)  # nothing older to prune yet
+            await cluster.patch("lean", {"spec": {"lora": {"r": 32}}})
+    first = cluster.run("lean", 1)
+    await cluster.wait_for(
+        lambda: not any(cluster.store.list(first.prefix + "/")), "generation 1's run pruned"
+    )
+    assert cluster.store.exists(cluster.run("lean", 2).benchmark_report)
+    assert cluster.status("lean")["runs"][0]["generation"] == 1  # the history stays
