@@ -112,6 +112,11 @@ class RunPaths:
         return f"{self.report}/benchmark.json"
 
     @property
+    def evaluation(self) -> str:
+        """report/evaluation.json: the adapter evaluated on held-out data."""
+        return f"{self.report}/evaluation.json"
+
+    @property
     def report_html(self) -> str:
         return f"{self.report}/index.html"
 
