@@ -777,13 +777,25 @@ def phase_conditions(
 ) -> list[Condition]:
     """kstatus conditions: Ready (True once promoted, or passed with policy none),
     Reconciling (True while a stage is starting or running), Stalled (True when the run
-    ended Failed or Rejected). A transition time moves only when its condition's status
-    changes."""
+    ended Failed or Rejected)."""
     wanted = {
         "Ready": phase in READY_PHASES,
         "Reconciling": phase in ACTIVE_PHASES,
         "Stalled": phase in ("Failed", "Rejected"),
     }
+    return kstatus_conditions(wanted, reason, message, generation, previous, at)
+
+
+def kstatus_conditions(
+    wanted: Mapping[str, bool],
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Sequence[Condition],
+    at: str,
+) -> list[Condition]:
+    """Conditions of the given truth, all with this reason and message. A transition time
+    moves only when its condition's status changes."""
     before = {c.type: c for c in previous}
     conditions = []
     for kind, true in wanted.items():
