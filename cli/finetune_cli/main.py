@@ -51,11 +51,22 @@ def validate(
 
 
 @app.command()
-def crd() -> None:
-    """Print the FineTuneJob CustomResourceDefinition (YAML)."""
-    from finetune_operator.crd import crd_yaml
+def crd(
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", help="Only this kind's CRD: FineTuneJob or FineTuneTournament."),
+    ] = None,
+) -> None:
+    """Print the CustomResourceDefinitions (YAML): FineTuneJob and FineTuneTournament."""
+    from finetune_operator.crd import CRD_FILES, all_crds_yaml
 
-    sys.stdout.write(crd_yaml())
+    if kind is None:
+        sys.stdout.write(all_crds_yaml())
+        return
+    if kind not in CRD_FILES:
+        typer.echo(f"--kind: {kind!r} is not one of {', '.join(CRD_FILES)}", err=True)
+        raise typer.Exit(1)
+    sys.stdout.write(CRD_FILES[kind][1]())
 
 
 @app.command()
