@@ -53,6 +53,7 @@ from finetune_core.tournament import (
     TournamentPhase,
     TournamentRun,
     child_name,
+    child_spec,
     parse_tournament,
 )
 from finetune_core.tournament_report import leaderboard_file, markdown, render_html
@@ -471,7 +472,7 @@ def schedule(s: TournamentState) -> tuple[ChildPlan, ...]:
             ChildPlan(
                 candidate=candidate.name,
                 job=child_name(s.name, candidate.name),
-                spec=s.children_specs[candidate.name].to_wire(),
+                spec=child_spec(spec, s.name, candidate),
                 round=s.generation,
                 update=child is not None,
             )
