@@ -95,11 +95,22 @@ def benchmark(run: RunOption) -> None:
 
 @app.command("run")
 def run_local(
-    manifest: Annotated[Path, typer.Argument(help="A FineTuneJob manifest.")],
+    manifest: Annotated[Path, typer.Argument(help="A FineTuneJob or FineTuneTournament manifest.")],
     store: StoreOption = None,
     s3_endpoint: EndpointOption = None,
+    parallel: Annotated[
+        int,
+        typer.Option("--parallel", min=1, max=16, help="Tournament candidates run at once."),
+    ] = 1,
 ) -> None:
-    """Run the whole pipeline locally: exit 0 promoted, 2 rejected, 1 failed."""
+    """Run the whole pipeline locally: exit 0 promoted, 2 rejected (a tournament: no
+    candidate met the SLA), 1 failed."""
+    from finetune_cli.local.tournament import is_tournament, run_tournament
+
+    if is_tournament(manifest):
+        raise typer.Exit(
+            run_tournament(manifest, store=store, endpoint=s3_endpoint, parallel=parallel)
+        )
     from finetune_cli.local.executor import run_manifest
 
     raise typer.Exit(run_manifest(manifest, store=store, endpoint=s3_endpoint))
