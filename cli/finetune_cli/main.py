@@ -138,11 +138,18 @@ def show(
 
 @app.command()
 def approve(
-    name: Annotated[str, typer.Argument(help="FineTuneJob name (optionally namespace/name).")],
+    name: Annotated[
+        str, typer.Argument(help="FineTuneJob or FineTuneTournament name (optionally ns/name).")
+    ],
     store: StoreOption = None,
     s3_endpoint: EndpointOption = None,
 ) -> None:
-    """Promote a local run that passed the gate and waits for approval (policy: manual)."""
+    """Promote a local run (or a tournament's winner) that waits for approval."""
+    from finetune_cli.local.tournament import approve_tournament
+
+    approved = approve_tournament(name, store=store, endpoint=s3_endpoint)
+    if approved is not None:
+        raise typer.Exit(approved)
     from finetune_cli.local.executor import approve_run
 
     raise typer.Exit(approve_run(name, store=store, endpoint=s3_endpoint))

@@ -37,7 +37,7 @@ from finetune_cli.local.processes import POLL_SECONDS, Interruption
 from finetune_core.api import API_VERSION, KIND, EvaluationReport, StatusModel
 from finetune_core.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTED
 from finetune_core.layout import RunPaths
-from finetune_core.lifecycle import Event, merge_patch
+from finetune_core.lifecycle import APPROVE_ANNOTATION, Event, merge_patch
 from finetune_core.manifest import InvalidManifest, Problem, load_documents
 from finetune_core.promotion import ChampionChanged, PromotionError, promote
 from finetune_core.runs import latest_run, load_run
@@ -147,6 +147,7 @@ class TournamentRunner:
     workdir: Path
     interruption: Interruption
     command: ChildCommand = finetune_run_command
+    approved: bool = False  # `finetune approve`: this generation is approved
     children: dict[str, Child] = field(default_factory=dict)
     exits: dict[str, int] = field(default_factory=dict)
 
@@ -174,6 +175,9 @@ class TournamentRunner:
                 "name": self.name,
                 "namespace": self.namespace,
                 "generation": self.local.generation,
+                "annotations": (
+                    {APPROVE_ANNOTATION: str(self.local.generation)} if self.approved else {}
+                ),
             },
             "status": self.local.status,
         }
@@ -462,3 +466,66 @@ def run_tournament(
     except StoreUnavailable as error:
         console.print(f"[red]The artifact store is unreachable:[/] {error}")
         return EXIT_FAILED
+
+
+def find_tournament(store: ArtifactStore, name: str) -> tuple[str, str, LocalTournament] | None:
+    """(namespace, name, record) of the local tournament `[namespace/]name`, if there is one."""
+    namespace, _, tournament = name.rpartition("/")
+    keys = [
+        key
+        for key in store.list(f"tournaments/{namespace}/" if namespace else "tournaments/")
+        if key.endswith(f"/{tournament}/local.json") and key.count("/") == 3
+    ]
+    if len(keys) != 1:
+        return None
+    record = read_model_if_valid(store, keys[0], LocalTournament)
+    if record is None:
+        return None
+    return keys[0].split("/")[1], tournament, record
+
+
+def approve_tournament(
+    name: str,
+    store: str | None,
+    endpoint: str | None,
+    command: ChildCommand = finetune_run_command,
+) -> int | None:
+    """`finetune approve [NAMESPACE/]NAME` of a local tournament that waits for approval:
+    promotes its winner, as the approve annotation does in a cluster. None when there is no
+    tournament of that name (the name is then a FineTuneJob's)."""
+    artifacts = open_store(store, endpoint)
+    found = find_tournament(artifacts, name)
+    if found is None:
+        return None
+    namespace, tournament, local = found
+    console = Console()
+    phase = _status(local.status).phase
+    if phase != "AwaitingApproval":
+        console.print(
+            f"[red]{namespace}/{tournament} generation {local.generation} is {phase}; only a "
+            "tournament in AwaitingApproval can be approved[/]"
+        )
+        return EXIT_FAILED
+    doc = {
+        "apiVersion": API_VERSION,
+        "kind": TOURNAMENT_KIND,
+        "metadata": {"name": tournament, "namespace": namespace},
+        "spec": local.spec,
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="finetune-tournament-") as workdir,
+        Interruption().installed() as interruption,
+    ):
+        runner = TournamentRunner(
+            console,
+            artifacts,
+            artifacts.uri(),
+            endpoint,
+            doc,
+            local,
+            Path(workdir),
+            interruption,
+            command,
+            approved=True,
+        )
+        return runner.execute()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_cli.local.tournament import run_tournament
+from finetune_cli.local.tournament import approve_tournament, run_tournament
 from finetune_core.api import API_VERSION
 from finetune_core.layout import AliasPaths, CurrentAlias
 from finetune_core.manifest import validate_file
@@ -33,7 +33,7 @@ def scripted_stages_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", path)
 
 
-def manifest(directory: Path, candidates: list[dict[str, Any]]) -> Path:
+def manifest(directory: Path, candidates: list[dict[str, Any]], **spec: Any) -> Path:
     (directory / "chat.jsonl").write_text(json.dumps(CHAT) + "\n")
     doc = {
         "apiVersion": API_VERSION,
@@ -42,6 +42,7 @@ def manifest(directory: Path, candidates: list[dict[str, Any]]) -> Path:
         "spec": {
             "template": {**SMALL_SPEC, "dataset": {"uri": "chat.jsonl"}},  # manifest-relative
             "candidates": candidates,
+            **spec,
         },
     }
     path = directory / "tournament.yaml"
@@ -110,3 +111,17 @@ def test_an_invalid_tournament_exits_1_naming_the_field(
     assert run_tournament(path, str(tmp_path / "store"), None) == 1
     assert "spec.candidates[1].lora.r: must be >= 1" in capsys.readouterr().out
     assert validate_file(path) == [f"{path}: spec.candidates[1].lora.r: must be >= 1"]
+
+
+def test_a_manual_tournament_waits_until_finetune_approve(tmp_path: Path) -> None:
+    path = manifest(tmp_path, CANDIDATES[:2], promotion={"policy": "manual"})
+    store = tmp_path / "store"
+    scenarios = {f"{NAME}-a": "passes:1.3", f"{NAME}-b": "passes:1.2"}
+    assert run_tournament(path, str(store), None, command=scripted(scenarios)) == 0
+    alias = AliasPaths("local", NAME)
+    assert not LocalStore(store).exists(alias.current)
+    assert approve_tournament("nobody", str(store), None) is None  # not a tournament
+    assert approve_tournament(f"local/{NAME}", str(store), None) == 0
+    current = CurrentAlias.model_validate(LocalStore(store).get_json(alias.current))
+    assert current.version == f"{NAME}-g1-b"
+    assert approve_tournament(NAME, str(store), None) == 1  # Promoted: nothing to approve
