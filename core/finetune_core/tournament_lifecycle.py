@@ -627,11 +627,23 @@ def _report(
                 "application/json",
             ),
             paths.report_html: (
-                render_html(title, entries, metric, winner).encode(),
+                render_html(title, entries, metric, winner, _report_dirs(s)).encode(),
                 "text/html",
             ),
         },
     )
+
+
+def _report_dirs(s: TournamentState) -> dict[str, str]:
+    """Each candidate's run report directory, relative to the tournament's report page
+    (tournaments/<ns>/<name>/g<gen>/report/: five levels below the store's root)."""
+    dirs = {}
+    for candidate in s.children:
+        child = s.current(candidate)
+        if child is not None:
+            run = RunPaths(s.namespace, child.job, child.generation)
+            dirs[candidate] = f"../../../../../{run.report}"
+    return dirs
 
 
 # ------------------------------------------------------------------ status patches

@@ -10,7 +10,8 @@ curves and latency histograms.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 from finetune_core.tournament import LeaderboardCandidate, LeaderboardEntry, LeaderboardFile
 
@@ -100,10 +101,35 @@ def _bars(entry: LeaderboardEntry) -> str:
     )
 
 
+def slug(name: str) -> str:
+    """A profile name as the benchmark names its chart (latency-<slug>.png)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "profile"
+
+
+def _charts(entry: LeaderboardEntry, report_dir: str | None) -> str:
+    """The candidate's own charts, from its run's report directory (a path relative to this
+    page): its loss curve and its latency distribution per profile, drawn against the limit."""
+    if report_dir is None:
+        return ""
+    names = ["loss.png", *(f"latency-{slug(p.name)}.png" for p in entry.latency)]
+    return "".join(
+        f'<img src="{html.escape(report_dir)}/{html.escape(name)}" alt="{html.escape(name)}" '
+        'width="320" loading="lazy">'
+        for name in names
+    )
+
+
 def render_html(
-    title: str, entries: Sequence[LeaderboardEntry], metric: str, winner: str | None
+    title: str,
+    entries: Sequence[LeaderboardEntry],
+    metric: str,
+    winner: str | None,
+    report_dirs: Mapping[str, str] | None = None,
 ) -> str:
-    """The tournament's report page (self-contained)."""
+    """The tournament's report page: self-contained but for the candidates' own charts,
+    which it shows from their run directories in the same store (`report_dirs`, candidate
+    -> a path relative to this page)."""
+    report_dirs = report_dirs or {}
     head = (
         "<tr><th>Rank</th><th>Candidate</th><th>Phase</th><th>Eval loss</th><th>Bits/byte</th>"
         "<th>Perplexity</th><th>SLA</th><th>Why</th><th>Report</th></tr>"
@@ -129,7 +155,9 @@ def render_html(
             + f"<td>{link}</td></tr>"
         )
     panels = "".join(
-        f'<div class="panel"><h3>{html.escape(e.name)}</h3>{_bars(e)}</div>' for e in entries
+        f'<div class="panel"><h3>{html.escape(e.name)}</h3>{_bars(e)}'
+        f"<div>{_charts(e, report_dirs.get(e.name))}</div></div>"
+        for e in entries
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -142,8 +170,9 @@ def render_html(
         f"<p>Ranked by <b>{html.escape(metric)}</b> (lower is better; ties by gated latency). "
         f"Winner: <b>{html.escape(winner or 'none')}</b>.</p>"
         f"<table>{head}{''.join(rows)}</table>"
-        "<h2>Gated latency against the limits</h2>"
-        "<p>Each candidate's loss curve and latency histograms are in its own report.</p>"
+        "<h2>Side by side</h2>"
+        "<p>Each candidate's gated latency against the limits, its loss curve and its latency "
+        "distributions (from its own report).</p>"
         f'<div class="panels">{panels}</div>'
         "</body></html>"
     )

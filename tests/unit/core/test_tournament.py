@@ -377,6 +377,9 @@ def test_lower_eval_loss_wins_among_those_that_passed_and_is_promoted() -> None:
     assert [c["rank"] for c in board["candidates"]] == [1, 2, None]
     html = world.reports[f"tournaments/ml/{NAME}/g1/report/index.html"].decode()
     assert "runs/ml/cerberus-slow/g1/report/index.html" in html
+    # The candidates' own charts, from their run directories in the same store.
+    assert 'src="../../../../../runs/ml/cerberus-fast/g1/report/loss.png"' in html
+    assert 'src="../../../../../runs/ml/cerberus-fast/g1/report/latency-answer.png"' in html
     assert status["report"] == f"s3://finetune/tournaments/ml/{NAME}/g1/report/index.html"
     assert any(e.reason == "Promoted" for e in events)
 
