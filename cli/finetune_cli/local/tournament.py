@@ -191,6 +191,10 @@ class TournamentRunner:
             status = snapshot.status.to_wire() if snapshot is not None else {}
             running = candidate in self.children and self.children[candidate].process.poll() is None
             settled = status.get("phase") in ("Passed", "Rejected", "Failed", "Promoted")
+            if candidate not in self.children and not settled:
+                # Left unfinished by an earlier invocation (interrupted): as if never
+                # started, so that it is started again and its `finetune run` resumes it.
+                continue
             if candidate in self.exits and not running and not settled:
                 # The child exited without settling its run (an invalid manifest, a crash).
                 status = {

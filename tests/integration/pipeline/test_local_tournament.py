@@ -125,3 +125,23 @@ def test_a_manual_tournament_waits_until_finetune_approve(tmp_path: Path) -> Non
     current = CurrentAlias.model_validate(LocalStore(store).get_json(alias.current))
     assert current.version == f"{NAME}-g1-b"
     assert approve_tournament(NAME, str(store), None) == 1  # Promoted: nothing to approve
+
+
+def test_an_interrupted_tournament_resumes_its_unfinished_candidate(tmp_path: Path) -> None:
+    path = manifest(tmp_path, CANDIDATES[:2])
+    store = tmp_path / "store"
+    scenarios = {f"{NAME}-a": "passes:1.3", f"{NAME}-b": "passes:1.2"}
+    assert run_tournament(path, str(store), None, command=scripted(scenarios)) == 0
+    artifacts = LocalStore(store)
+    # As if the tournament had been stopped while b trained: b's run is not finished.
+    status_key = f"runs/local/{NAME}-b/g1/status.json"
+    status = artifacts.get_json(status_key)
+    artifacts.put_json(status_key, {**status, "phase": "Training"})
+    record_key = f"tournaments/local/{NAME}/local.json"
+    record = artifacts.get_json(record_key)
+    record["status"] = {**record["status"], "phase": "Running"}
+    artifacts.put_json(record_key, record)
+
+    assert run_tournament(path, str(store), None, command=scripted(scenarios)) == 0
+    assert artifacts.get_json(status_key)["phase"] == "Passed"
+    assert artifacts.get_json(record_key)["status"]["phase"] == "Promoted"
