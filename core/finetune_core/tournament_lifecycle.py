@@ -26,6 +26,7 @@ from typing import Any, Literal
 from finetune_core import gate
 from finetune_core.api import (
     TERMINAL_PHASES,
+    Condition,
     EvaluationReport,
     FineTuneJobSpec,
     FineTuneJobStatus,
@@ -650,8 +651,15 @@ def _report_dirs(s: TournamentState) -> dict[str, str]:
 
 
 def tournament_conditions(
-    phase: TournamentPhase, reason: str, message: str, generation: int, previous: Any, at: str
-) -> list[Any]:
+    phase: TournamentPhase,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Sequence[Condition],
+    at: str,
+) -> list[Condition]:
+    """kstatus conditions: Ready once promoted, Reconciling while candidates run or the
+    winner is chosen, Stalled when the generation ended without a promotion."""
     wanted = {
         "Ready": phase == "Promoted",
         "Reconciling": phase in ("Running", "Selecting"),
