@@ -46,11 +46,12 @@ format: install
 	$(VENV)/bin/ruff format .
 
 crd: install
-	$(VENV)/bin/finetune crd > manifests/crd/finetunejobs.finetune.dev.yaml
+	$(VENV)/bin/finetune crd --kind FineTuneJob > manifests/crd/finetunejobs.finetune.dev.yaml
+	$(VENV)/bin/finetune crd --kind FineTuneTournament > manifests/crd/finetunetournaments.finetune.dev.yaml
 
 # Helm reads CRDs only from inside the chart: it ships a copy (tests keep them equal).
 chart-crd: crd
-	cp manifests/crd/finetunejobs.finetune.dev.yaml charts/finetune-operator/crds/
+	cp manifests/crd/finetunejobs.finetune.dev.yaml manifests/crd/finetunetournaments.finetune.dev.yaml charts/finetune-operator/crds/
 
 reference: install
 	$(PY) -c "from pathlib import Path; from finetune_core.reference import embed; p = Path('README.md'); p.write_text(embed(p.read_text()))"

@@ -53,11 +53,22 @@ def validate(
 
 
 @app.command()
-def crd() -> None:
-    """Print the FineTuneJob CustomResourceDefinition (YAML)."""
-    from finetune_operator.crd import crd_yaml
+def crd(
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", help="Only this kind's CRD: FineTuneJob or FineTuneTournament."),
+    ] = None,
+) -> None:
+    """Print the CustomResourceDefinitions (YAML): FineTuneJob and FineTuneTournament."""
+    from finetune_operator.crd import CRD_FILES, all_crds_yaml
 
-    sys.stdout.write(crd_yaml())
+    if kind is None:
+        sys.stdout.write(all_crds_yaml())
+        return
+    if kind not in CRD_FILES:
+        typer.echo(f"--kind: {kind!r} is not one of {', '.join(CRD_FILES)}", err=True)
+        raise typer.Exit(1)
+    sys.stdout.write(CRD_FILES[kind][1]())
 
 
 @app.command()
@@ -98,7 +109,7 @@ def benchmark(
 
 @app.command("run")
 def run_local(
-    manifest: Annotated[Path, typer.Argument(help="A FineTuneJob manifest.")],
+    manifest: Annotated[Path, typer.Argument(help="A FineTuneJob or FineTuneTournament manifest.")],
     store: StoreOption = None,
     s3_endpoint: EndpointOption = None,
     rebenchmark: Annotated[
@@ -109,8 +120,25 @@ def run_local(
             "AwaitingApproval) without retraining, and gate it again.",
         ),
     ] = False,
+    parallel: Annotated[
+        int,
+        typer.Option("--parallel", min=1, max=16, help="Tournament candidates run at once."),
+    ] = 1,
 ) -> None:
-    """Run the whole pipeline locally: exit 0 promoted, 2 rejected, 1 failed."""
+    """Run the whole pipeline locally: exit 0 promoted, 2 rejected (a tournament: no
+    candidate met the SLA), 1 failed."""
+    from finetune_cli.local.tournament import is_tournament, run_tournament
+
+    if is_tournament(manifest):
+        if rebenchmark:
+            raise typer.BadParameter(
+                "--rebenchmark applies to a FineTuneJob; re-benchmark a tournament's "
+                "candidate through its own FineTuneJob",
+                param_hint="--rebenchmark",
+            )
+        raise typer.Exit(
+            run_tournament(manifest, store=store, endpoint=s3_endpoint, parallel=parallel)
+        )
     from finetune_cli.local.executor import rebenchmark_run, run_manifest
 
     if rebenchmark:
@@ -140,11 +168,18 @@ def show(
 
 @app.command()
 def approve(
-    name: Annotated[str, typer.Argument(help="FineTuneJob name (optionally namespace/name).")],
+    name: Annotated[
+        str, typer.Argument(help="FineTuneJob or FineTuneTournament name (optionally ns/name).")
+    ],
     store: StoreOption = None,
     s3_endpoint: EndpointOption = None,
 ) -> None:
-    """Promote a local run that passed the gate and waits for approval (policy: manual)."""
+    """Promote a local run (or a tournament's winner) that waits for approval."""
+    from finetune_cli.local.tournament import approve_tournament
+
+    approved = approve_tournament(name, store=store, endpoint=s3_endpoint)
+    if approved is not None:
+        raise typer.Exit(approved)
     from finetune_cli.local.executor import approve_run
 
     raise typer.Exit(approve_run(name, store=store, endpoint=s3_endpoint))

@@ -573,10 +573,12 @@ class BenchmarkSpec(ApiModel):
 class PromotionSpec(ApiModel):
     """When a model that passed the benchmark becomes the current one."""
 
-    policy: Literal["auto", "manual"] = Field(
+    policy: Literal["auto", "manual", "none"] = Field(
         default="auto",
         description="auto promotes on a passing benchmark; manual waits for the annotation "
-        'finetune.dev/approve: "<generation>" naming the generation it approves.',
+        'finetune.dev/approve: "<generation>" naming the generation it approves; none trains, '
+        "benchmarks and gates but never promotes (the run ends Passed or Rejected; a "
+        "tournament's candidates run so).",
     )
     require_improvement: bool = Field(
         default=False,
@@ -626,6 +628,25 @@ class RetentionSpec(ApiModel):
     )
 
 
+class EvaluationSpec(ApiModel):
+    """What the benchmark stage evaluates besides latency: a held-out dataset and review
+    samples."""
+
+    dataset: DatasetSpec | None = Field(
+        default=None,
+        description="Held-out chat JSONL the benchmark stage evaluates (loss, perplexity, bits "
+        "per byte in report/evaluation.json); default: the validation split.",
+    )
+    samples: int = Field(
+        default=8,
+        strict=True,
+        ge=0,
+        le=64,
+        description="Validation prompts answered by the base model and the adapter for human "
+        "review, 0..64.",
+    )
+
+
 class FineTuneJobSpec(ApiModel):
     """Desired state: fine-tune this model on this dataset, then gate it on this SLA."""
 
@@ -638,6 +659,9 @@ class FineTuneJobSpec(ApiModel):
         default_factory=BenchmarkSpec, description="Latency benchmark and SLA."
     )
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="Promotion policy.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="Held-out evaluation and review samples."
+    )
     scheduling: SchedulingSpec = Field(
         default_factory=SchedulingSpec, description="Queueing (Kueue) and priority."
     )
@@ -743,10 +767,11 @@ Phase = Literal[
     "Benchmarking",
     "AwaitingApproval",
     "Promoted",
+    "Passed",
     "Rejected",
     "Failed",
 ]
-TERMINAL_PHASES: frozenset[str] = frozenset({"Promoted", "Rejected", "Failed"})
+TERMINAL_PHASES: frozenset[str] = frozenset({"Promoted", "Passed", "Rejected", "Failed"})
 """The run ended: only a new generation (a spec change) starts another."""
 ACTIVE_PHASES: frozenset[str] = frozenset({"Validating", "Pending", "Training", "Benchmarking"})
 """A stage is starting or running: the Reconciling condition is True."""
@@ -768,6 +793,7 @@ class Reason:
     REPORT_MISSING = "ReportMissing"
     AWAITING_APPROVAL = "AwaitingApproval"
     PROMOTED = "Promoted"
+    PASSED = "Passed"
     PROMOTION_FAILED = "PromotionFailed"
     JOB_DELETED = "JobDeleted"
     JOB_FAILED = "JobFailed"
@@ -912,6 +938,37 @@ class BenchmarkReport(StatusModel):
     )
     versions: dict[str, str] = Field(default_factory=dict, description="Library versions.")
     measured_at: str | None = Field(default=None, description="When it was measured.")
+
+
+class ReviewAnswer(StatusModel):
+    """One validation prompt answered by the base model and the adapter, for human review."""
+
+    prompt: str
+    reference: str
+    base: str
+    adapter: str
+
+
+class EvaluationReport(StatusModel):
+    """report/evaluation.json, written by the benchmark stage: the adapter on held-out data."""
+
+    dataset: str = Field(description='The URI evaluated, or "validation split".')
+    eval_loss: float | None = Field(default=None, description="Mean per-token loss.")
+    perplexity: float | None = Field(default=None, description="exp(evalLoss).")
+    bits_per_byte: float | None = Field(
+        default=None,
+        description="Summed loss in bits over the text's UTF-8 bytes: comparable across "
+        "tokenizers.",
+    )
+    base_bleu: float | None = Field(default=None, description="Base model's BLEU.")
+    adapter_bleu: float | None = Field(default=None, description="Adapter's BLEU.")
+    base_rouge_l: float | None = Field(
+        default=None, alias="baseRougeL", description="Base model's ROUGE-L."
+    )
+    adapter_rouge_l: float | None = Field(
+        default=None, alias="adapterRougeL", description="Adapter's ROUGE-L."
+    )
+    answers: list[ReviewAnswer] = Field(default_factory=list, description="Review samples.")
 
 
 class Artifacts(StatusModel):

@@ -28,6 +28,7 @@ def exit_for_signal(signum: int) -> int:
 PHASE_EXIT: dict[str, int] = {
     "Promoted": EXIT_OK,
     "AwaitingApproval": EXIT_OK,
+    "Passed": EXIT_OK,
     "Rejected": EXIT_REJECTED,
     "Failed": EXIT_FAILED,
 }

@@ -5,6 +5,7 @@ The layout is a contract between the operator, the pods and users browsing the b
     runs/.../checkpoints/step-<N>/   adapter/   report/benchmark.json   report/index.html
     runs/.../report/rounds/<k>/      every benchmark round's report (report/ is the latest)
     models/<namespace>/<alias>/<name>-g<generation>/   models/<namespace>/<alias>/current.json
+    tournaments/<namespace>/<name>/g<generation>/report/{leaderboard.json,index.html}
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ class RunPaths:
         return f"{self.report}/benchmark.json"
 
     @property
+    def evaluation(self) -> str:
+        """report/evaluation.json: the adapter evaluated on held-out data."""
+        return f"{self.report}/evaluation.json"
+
+    @property
     def report_html(self) -> str:
         return f"{self.report}/index.html"
 
@@ -136,6 +142,35 @@ class RunPaths:
     def version(self) -> str:
         """The name a promoted copy of this run gets (unique within its namespace)."""
         return f"{self.name}-g{self.generation}"
+
+
+@dataclass(frozen=True)
+class TournamentPaths:
+    """Keys of one generation of a tournament: its leaderboard and HTML report."""
+
+    namespace: str
+    name: str
+    generation: int
+
+    @property
+    def prefix(self) -> str:
+        return f"tournaments/{self.namespace}/{self.name}/g{self.generation}"
+
+    @property
+    def report(self) -> str:
+        return f"{self.prefix}/report"
+
+    @property
+    def leaderboard(self) -> str:
+        return f"{self.report}/leaderboard.json"
+
+    @property
+    def report_html(self) -> str:
+        return f"{self.report}/index.html"
+
+    def version(self, candidate: str) -> str:
+        """The name the winner's promoted copy gets: <tournament>-g<gen>-<candidate>."""
+        return f"{self.name}-g{self.generation}-{candidate}"
 
 
 def model_key(spec: ResolvedSpec) -> str:

@@ -54,6 +54,8 @@ APPROVE_ANNOTATION = "finetune.dev/approve"
 REBENCHMARK_ANNOTATION = "finetune.dev/rebenchmark"
 REBENCHMARKABLE: frozenset[str] = frozenset({"Rejected", "AwaitingApproval"})
 RUN_HISTORY = 5
+READY_PHASES = frozenset({"Promoted", "Passed"})
+"""The run did what it was asked: promoted, or (promotion.policy: none) met its gate."""
 MAX_MESSAGE = 2000
 MAX_STAGE_NAME = 63  # the Job controller copies a Job's name into a label value on its pods
 _SUFFIX: dict[StageName, str] = {"train": "train", "benchmark": "bench"}
@@ -655,7 +657,7 @@ def _record(status: FineTuneJobStatus, at: str) -> RunRecord | None:
         return None
     finished = status.phase in TERMINAL_PHASES
     # A finished run ended when Ready (promoted) or Stalled (failed, rejected) turned True.
-    ending = "Ready" if status.phase == "Promoted" else "Stalled"
+    ending = "Ready" if status.phase in READY_PHASES else "Stalled"
     ended = next((c for c in status.conditions if c.type == ending and c.status == "True"), None)
     return RunRecord(
         generation=status.observed_generation,
@@ -812,6 +814,9 @@ def _gate(s: RunState, obs: Observation, at: str) -> Decision:
         return _move(
             s, at, "Rejected", verdict.reason, f"rejected: {verdict.message}", fields, warning=True
         )
+    if spec.promotion.policy == "none":
+        message = f"{verdict.message}; not promoted (promotion.policy: none)"
+        return _move(s, at, "Passed", Reason.PASSED, message, fields)
     if spec.promotion.policy != "manual":
         return _promote(s, obs, at, verdict.message, fields)
     if not s.approved:
@@ -945,14 +950,27 @@ def phase_conditions(
     previous: Sequence[Condition],
     at: str,
 ) -> list[Condition]:
-    """kstatus conditions: Ready (True once promoted), Reconciling (True while a stage is
-    starting or running), Stalled (True when the run ended Failed or Rejected). A transition
-    time moves only when its condition's status changes."""
+    """kstatus conditions: Ready (True once promoted, or passed with policy none),
+    Reconciling (True while a stage is starting or running), Stalled (True when the run
+    ended Failed or Rejected)."""
     wanted = {
-        "Ready": phase == "Promoted",
+        "Ready": phase in READY_PHASES,
         "Reconciling": phase in ACTIVE_PHASES,
         "Stalled": phase in ("Failed", "Rejected"),
     }
+    return kstatus_conditions(wanted, reason, message, generation, previous, at)
+
+
+def kstatus_conditions(
+    wanted: Mapping[str, bool],
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Sequence[Condition],
+    at: str,
+) -> list[Condition]:
+    """Conditions of the given truth, all with this reason and message. A transition time
+    moves only when its condition's status changes."""
     before = {c.type: c for c in previous}
     conditions = []
     for kind, true in wanted.items():

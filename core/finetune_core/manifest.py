@@ -251,19 +251,27 @@ def load_documents(path: Path) -> list[Any]:
 def explain_file(path: Path) -> list[str]:
     """What a valid manifest's jobs will need: one line each with the GPU memory estimate."""
     from finetune_core import gpu_memory
+    from finetune_core.tournament import TOURNAMENT_KIND, parse_tournament
 
     lines = []
+    jobs: list[tuple[str, FineTuneJobSpec]] = []
     for doc in load_documents(path):
-        job = parse_manifest(doc)
-        spec = job.spec.resolve()
+        if isinstance(doc, dict) and doc.get("kind") == TOURNAMENT_KIND:
+            tournament = parse_tournament(doc)
+            jobs += [(f"{tournament.name}-{c}", s) for c, s in tournament.children.items()]
+        else:
+            job = parse_manifest(doc)
+            jobs.append((job.name, job.spec))
+    for name, job_spec in jobs:
+        spec = job_spec.resolve()
         shape = gpu_memory.shape_of(spec)
-        if not job.spec.resources.gpus:
+        if not job_spec.resources.gpus:
             need = "runs on CPU nodes (no GPU memory estimate)"
         elif shape is None:
             need = f"GPU memory: no estimate (the shape of {spec.model_id} is not known)"
         else:
             need = f"GPU memory: about {gpu_memory.estimate(spec, shape).describe()}"
-        lines.append(f"{path}: {job.name}: {need}")
+        lines.append(f"{path}: {name}: {need}")
     return lines
 
 
@@ -274,12 +282,21 @@ def validate_file(path: Path) -> list[str]:
     except (OSError, yaml.YAMLError) as error:
         return [f"{path}: {' '.join(str(error).split())}"]
     if not docs:
-        return [f"{path}: no FineTuneJob in the file"]
+        return [f"{path}: no FineTuneJob or FineTuneTournament in the file"]
     lines: list[str] = []
     for index, doc in enumerate(docs):
         where = f"{path}" if len(docs) == 1 else f"{path}[{index}]"
         try:
-            parse_manifest(doc)
+            parse_any(doc)
         except InvalidManifest as invalid:
             lines += [f"{where}: {problem}" for problem in invalid.problems]
     return lines
+
+
+def parse_any(doc: Any) -> object:
+    """A FineTuneJob or, by its kind, a FineTuneTournament; InvalidManifest otherwise."""
+    from finetune_core.tournament import TOURNAMENT_KIND, parse_tournament
+
+    if isinstance(doc, dict) and doc.get("kind") == TOURNAMENT_KIND:
+        return parse_tournament(doc)
+    return parse_manifest(doc)

@@ -177,32 +177,44 @@ def _read_alias(store: ArtifactStore, alias: AliasPaths) -> tuple[CurrentAlias |
 
 
 def promote(
-    store: ArtifactStore, run: RunPaths, spec: ResolvedSpec, now: datetime | None = None
+    store: ArtifactStore,
+    run: RunPaths,
+    spec: ResolvedSpec,
+    now: datetime | None = None,
+    *,
+    version: str | None = None,
+    card_extra: str = "",
 ) -> str:
     """Copy the run's adapter, report and a model card to the alias's folder, then point the
     alias at it. Returns the promoted copy's URI; ChampionChanged when the champion read
-    right before the write beats the run."""
+    right before the write beats the run. `version` names the copy (default: the run's
+    `<name>-g<generation>`; a tournament's winner gets `<tournament>-g<gen>-<candidate>`);
+    `card_extra` is appended to the model card (a tournament's leaderboard)."""
     alias = alias_of(spec, run.namespace)
-    target = alias.version_dir(run.version)
+    named = version or run.version
+    target = alias.version_dir(named)
     if not store.copy_prefix(run.adapter, f"{target}/adapter"):
         raise PromotionError(f"no adapter to promote at {store.uri(run.adapter)}")
     store.copy_prefix(run.report, f"{target}/report")
     uri = store.uri(target)
     metrics = read_model_if_valid(store, run.metrics, Metrics)
     report = read_model_if_valid(store, run.benchmark_report, BenchmarkReport)
-    card = model_card(run, spec, uri, metrics, report)
+    card = model_card(run, spec, uri, metrics, report).replace(
+        f"# {run.version}\n", f"# {named}\n", 1
+    )
+    card += card_extra
     store.put_bytes(f"{target}/README.md", card.encode(), "text/markdown")
     for _ in range(MAX_ATTEMPTS):
         champion, version = _read_alias(store, alias)
-        if champion is not None and run.version in _versions(champion):
+        if champion is not None and named in _versions(champion):
             return uri  # promoted before (a retry): never displace what came since
         if report is not None:
-            verdict = gate.judge(report, spec, metrics, champion, version=run.version)
+            verdict = gate.judge(report, spec, metrics, champion, version=named)
             if not verdict.passed:
                 raise ChampionChanged(verdict)
         moved = next_alias(
             champion,
-            version=run.version,
+            version=named,
             uri=uri,
             promoted_at=timestamp(now),
             eval_loss=metrics.eval_loss if metrics else None,

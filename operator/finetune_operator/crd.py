@@ -1,4 +1,5 @@
-"""The FineTuneJob CustomResourceDefinition, generated from the API models in finetune_core.api.
+"""The FineTuneJob and FineTuneTournament CustomResourceDefinitions, generated from the API
+models in finetune_core.api and finetune_core.tournament.
 
 Pydantic writes JSON Schema (draft 2020-12); the API server wants a *structural* OpenAPI v3.0
 schema: every node typed, `$ref`s inlined, no `anyOf` for optional fields, no titles, and
@@ -9,6 +10,8 @@ field fails `make crd` instead of producing a CRD the API server rejects.
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import Any
 
 import yaml
@@ -27,6 +30,16 @@ from finetune_core.api import (
     FineTuneJobStatus,
 )
 from finetune_core.presets import PRESETS
+from finetune_core.tournament import (
+    MAX_CANDIDATES,
+    MIN_CANDIDATES,
+    TOURNAMENT_KIND,
+    TOURNAMENT_PLURAL,
+    TOURNAMENT_SHORT_NAMES,
+    TOURNAMENT_SINGULAR,
+    FineTuneTournamentSpec,
+    FineTuneTournamentStatus,
+)
 
 Schema = dict[str, Any]
 
@@ -230,3 +243,161 @@ def crd_dict() -> Schema:
 def crd_yaml() -> str:
     """The CRD as the YAML committed in manifests/crd/ (what `finetune crd` prints)."""
     return HEADER + yaml.safe_dump(crd_dict(), sort_keys=False, width=100, allow_unicode=True)
+
+
+# ------------------------------------------------------------------ FineTuneTournament
+
+_TOURNAMENT_COLUMNS = [
+    ("Phase", ".status.phase", "string"),
+    ("Leader", ".status.leader", "string"),
+    ("Done", ".status.done", "string"),
+]
+# Dropped from the FineTuneJob schema where it describes a partial spec (a template, a
+# candidate): nothing is required there, and nothing may be defaulted by the API server (a
+# defaulted field of a candidate would override the template's).
+_LOOSE_DROPS = ("required", "default", "x-kubernetes-validations")
+
+
+def _loose(node: Schema) -> Schema:
+    out: Schema = {}
+    for key, value in node.items():
+        if key in _LOOSE_DROPS:
+            continue
+        if key == "properties":
+            out[key] = {name: _loose(child) for name, child in value.items()}
+        elif key in {"items", "additionalProperties"} and isinstance(value, dict):
+            out[key] = _loose(value)
+        else:
+            out[key] = value
+    return out
+
+
+def tournament_spec_schema() -> Schema:
+    """The tournament's spec: the template and each candidate are partial FineTuneJob specs
+    (checked in full by the operator once merged); the rest comes from the models."""
+    raw = FineTuneTournamentSpec.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.get("$defs", {})
+    fields = raw["properties"]
+    partial = _loose(structural_schema(FineTuneJobSpec, "spec.template"))
+    name = _convert(defs["Candidate"]["properties"]["name"], defs, "spec.candidates[].name")
+    candidate = {
+        **partial,
+        "description": " ".join(defs["Candidate"]["description"].split()),
+        "required": ["name"],
+        "properties": {"name": name, **copy.deepcopy(partial["properties"])},
+    }
+    candidates = {
+        "description": " ".join(fields["candidates"]["description"].split()),
+        "type": "array",
+        "minItems": MIN_CANDIDATES,
+        "maxItems": MAX_CANDIDATES,
+        "items": candidate,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+    }
+    described = " ".join(fields["template"]["description"].split())
+    template = {**copy.deepcopy(partial), "description": described}
+    return {
+        "description": " ".join(FineTuneTournamentSpec.__doc__.split()),  # type: ignore[union-attr]
+        "type": "object",
+        "required": ["candidates"],
+        "properties": {
+            "template": template,
+            "candidates": candidates,
+            **{
+                key: _convert(fields[key], defs, f"spec.{key}")
+                for key in ("selection", "maxParallel", "promotion")
+            },
+        },
+    }
+
+
+def tournament_open_api_schema() -> Schema:
+    schema: Schema = {
+        "type": "object",
+        "description": "A FineTuneTournament trains several candidate FineTuneJobs (a template "
+        "plus each candidate's own settings), ranks those that meet the latency SLA by a "
+        "quality metric and promotes the best. Editing the spec starts a new generation.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {
+                "type": "string",
+                "description": "Versioned schema of this object: finetune.dev/v1alpha1.",
+            },
+            "kind": {"type": "string", "description": "The object's type: FineTuneTournament."},
+            "metadata": {"type": "object"},
+            "spec": tournament_spec_schema(),
+            "status": structural_schema(FineTuneTournamentStatus, "status"),
+        },
+    }
+    node_at(schema, "status.conditions").update(_EXTRA["status.conditions"])
+    return schema
+
+
+def tournament_crd_dict() -> Schema:
+    """The FineTuneTournament CustomResourceDefinition (apiextensions.k8s.io/v1)."""
+    schema = tournament_open_api_schema()
+    columns = [
+        {
+            "name": name,
+            "type": kind,
+            "jsonPath": json_path,
+            "description": node_at(schema, json_path.lstrip("."))["description"],
+        }
+        for name, json_path, kind in _TOURNAMENT_COLUMNS
+    ]
+    columns.append(
+        {
+            "name": "Age",
+            "type": "date",
+            "jsonPath": ".metadata.creationTimestamp",
+            "description": "Time since the object was created.",
+        }
+    )
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{TOURNAMENT_PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": TOURNAMENT_KIND,
+                "listKind": f"{TOURNAMENT_KIND}List",
+                "plural": TOURNAMENT_PLURAL,
+                "singular": TOURNAMENT_SINGULAR,
+                "shortNames": list(TOURNAMENT_SHORT_NAMES),
+                "categories": list(CATEGORIES),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": schema},
+                }
+            ],
+        },
+    }
+
+
+def tournament_crd_yaml() -> str:
+    """The FineTuneTournament CRD as committed in manifests/crd/."""
+    # Through JSON first: nodes the schema shares would otherwise become YAML anchors.
+    plain = json.loads(json.dumps(tournament_crd_dict()))
+    return HEADER + yaml.safe_dump(plain, sort_keys=False, width=100, allow_unicode=True)
+
+
+CRD_FILES = {
+    KIND: (f"{PLURAL}.{GROUP}.yaml", crd_yaml),
+    TOURNAMENT_KIND: (f"{TOURNAMENT_PLURAL}.{GROUP}.yaml", tournament_crd_yaml),
+}
+"""Each kind's CRD: the file it is committed as (manifests/crd/, the chart's crds/) and its
+generator."""
+
+
+def all_crds_yaml() -> str:
+    """Both CRDs, as one multi-document YAML stream (what `finetune crd` prints)."""
+    return "---\n".join(generate() for _, generate in CRD_FILES.values())

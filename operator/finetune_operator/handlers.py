@@ -1,4 +1,5 @@
-"""The kopf handlers: every trigger leads to the same level-based reconcile of a FineTuneJob.
+"""The kopf handlers: every trigger leads to the same level-based reconcile of a FineTuneJob
+(or, for FineTuneTournaments, of the tournament: see register_tournaments).
 
 - the FineTuneJob is created, its spec or annotations change (a new generation, an
   approval), or the operator starts and resumes it;
@@ -17,11 +18,14 @@ from kubernetes.client import Configuration
 
 from finetune_core.api import GROUP, PLURAL, VERSION
 from finetune_core.lifecycle import Event
+from finetune_core.tournament import TOURNAMENT_PLURAL
+from finetune_core.tournament_lifecycle import LABEL_TOURNAMENT, tournament_state
 from finetune_operator.builders import LABEL_JOB
 from finetune_operator.controller import Controller
 from finetune_operator.kube import load_configuration
 from finetune_operator.observe import settled
 from finetune_operator.settings import OperatorSettings
+from finetune_operator.tournaments import TournamentController
 
 FINALIZER = "finetune.dev/operator"
 TIMER_EXIT_SECONDS = 2.0
@@ -59,11 +63,21 @@ def in_progress(body: kopf.Body, **_: Any) -> bool:
     return not settled(body)
 
 
+def tournament_in_progress(body: kopf.Body, **_: Any) -> bool:
+    """Whether a tournament can move on without a new event (a child's change is one)."""
+    return not tournament_state(body).settled
+
+
 def register(
-    registry: kopf.OperatorRegistry, controller: Controller, settings: OperatorSettings
+    registry: kopf.OperatorRegistry,
+    controller: Controller,
+    settings: OperatorSettings,
+    tournaments: TournamentController | None = None,
 ) -> None:
     """Register the handlers on a registry of their own (not kopf's global default)."""
     interval = settings.progress_interval_seconds
+    if tournaments is not None:
+        register_tournaments(registry, tournaments, interval)
 
     @kopf.on.login(registry=registry, id="login")
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -100,6 +114,49 @@ def register(
     )
     async def child_job_changed(meta: kopf.Meta, labels: kopf.Labels, **_: Any) -> None:
         await controller.reconcile(meta["namespace"], labels[LABEL_JOB])
+
+
+def register_tournaments(
+    registry: kopf.OperatorRegistry, tournaments: TournamentController, interval: float
+) -> None:
+    """FineTuneTournaments: reconciled when created, edited (a new generation, an approval)
+    or resumed, when one of their children changes, and by a timer while in progress."""
+
+    @kopf.on.resume(
+        GROUP, VERSION, TOURNAMENT_PLURAL, registry=registry, id="tournament", backoff=interval
+    )
+    @kopf.on.create(
+        GROUP, VERSION, TOURNAMENT_PLURAL, registry=registry, id="tournament", backoff=interval
+    )
+    @kopf.on.update(
+        GROUP, VERSION, TOURNAMENT_PLURAL, registry=registry, id="tournament", backoff=interval
+    )
+    async def tournament_changed(meta: kopf.Meta, **_: Any) -> None:
+        await tournaments.reconcile(meta["namespace"], meta["name"])
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        TOURNAMENT_PLURAL,
+        registry=registry,
+        id="tournament-poll",
+        interval=interval,
+        backoff=interval,
+        when=tournament_in_progress,
+    )
+    async def tournament_poll(meta: kopf.Meta, **_: Any) -> None:
+        await tournaments.reconcile(meta["namespace"], meta["name"])
+
+    @kopf.on.event(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        id="tournament-child",
+        labels={LABEL_TOURNAMENT: kopf.PRESENT},
+    )
+    async def tournament_child_changed(meta: kopf.Meta, labels: kopf.Labels, **_: Any) -> None:
+        await tournaments.reconcile(meta["namespace"], labels[LABEL_TOURNAMENT])
 
 
 def configure(kopf_settings: kopf.OperatorSettings) -> None:

@@ -91,6 +91,96 @@ class Kube:
             {"status": dict(status)},
         )
 
+    # ------------------------------------------------------------ any finetune.dev kind
+
+    async def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A FineTuneJob or FineTuneTournament; None when it does not exist."""
+        try:
+            obj: dict[str, Any] = await self._call(
+                self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return obj
+
+    async def list_custom(
+        self, plural: str, namespace: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        listing = await self._call(
+            self._custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            label_selector=selector,
+        )
+        items: list[dict[str, Any]] = listing.get("items") or []
+        return [item for item in items if _has_labels(item, labels)]
+
+    async def create_custom(self, plural: str, body: Mapping[str, Any]) -> bool:
+        """Create an object; False when one of that name exists already (not an error)."""
+        namespace = body["metadata"]["namespace"]
+        try:
+            await self._call(
+                self._custom.create_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                dict(body),
+            )
+        except ApiException as error:
+            if error.status == 409 and status_reason(error) == "AlreadyExists":
+                return False
+            raise
+        return True
+
+    async def patch_custom(
+        self, plural: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> None:
+        """A JSON merge patch of the object (its metadata and spec)."""
+        await self._call(
+            self._custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            dict(patch),
+        )
+
+    async def patch_custom_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        await self._call(
+            self._custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"status": dict(status)},
+        )
+
+    async def delete_custom(self, plural: str, namespace: str, name: str) -> None:
+        """Delete an object (its own children go with it); an absent one is not an error."""
+        try:
+            await self._call(
+                self._custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                body={"propagationPolicy": "Background"},
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
     async def list_jobs(self, namespace: str, owner: str) -> list[dict[str, Any]]:
         """The Jobs of one FineTuneJob, every generation (label finetune.dev/job=<owner>)."""
         return await self._list(self._batch.list_namespaced_job, namespace, {LABEL_JOB: owner})

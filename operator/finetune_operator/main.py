@@ -31,6 +31,7 @@ from finetune_operator.kube import Kube, load_configuration
 from finetune_operator.leader import LeaderElector, LeaseApi, LeaseConfig, own_namespace
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.settings import OperatorSettings
+from finetune_operator.tournaments import TournamentController
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ async def operate(
     controller = Controller(
         settings, kube, store, metrics or OperatorMetrics(), post_event=handlers.post_event
     )
+    tournaments = TournamentController(kube, store, post_event=handlers.post_event)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, controller, settings)
+    handlers.register(registry, controller, settings, tournaments)
     kopf_settings = kopf.OperatorSettings()
     handlers.configure(kopf_settings)
     # kopf's own requests time out like the operator's (its default is 5 minutes).

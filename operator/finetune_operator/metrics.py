@@ -28,6 +28,11 @@ class OperatorMetrics:
                 "Runs whose model was promoted.",
                 registry=self.registry,
             ),
+            "Passed": Counter(
+                "finetune_runs_passed",
+                "Runs that met their gate and, with promotion.policy none, were not promoted.",
+                registry=self.registry,
+            ),
             "Rejected": Counter(
                 "finetune_runs_rejected",
                 "Runs the promotion gate rejected.",

@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 HACK = REPO / "hack" / "control-plane"
 CRD_FILE = REPO / "manifests" / "crd" / "finetunejobs.finetune.dev.yaml"
 CRD_NAME = "finetunejobs.finetune.dev"
+TOURNAMENT_CRD_FILE = REPO / "manifests" / "crd" / "finetunetournaments.finetune.dev.yaml"
+TOURNAMENT_CRD_NAME = "finetunetournaments.finetune.dev"
 MERGE_PATCH = "application/merge-patch+json"
 # The build is cached; a cold one takes tens of minutes on 2 cores (README).
 BUILD_TIMEOUT = 3600.0
@@ -269,11 +271,13 @@ class ControlPlane:
 
     def install_crd(self) -> None:
         """The generated CRD, applied as `kubectl apply --server-side` would (idempotent),
-        then established: the server serves FineTuneJobs from then on."""
-        self.kubectl(
-            "apply", "--server-side", "--field-manager=finetune-tests", "-f", str(CRD_FILE)
-        )
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+        then established: the server serves FineTuneJobs (and FineTuneTournaments) from then on."""
+        for path in (CRD_FILE, TOURNAMENT_CRD_FILE):
+            self.kubectl(
+                "apply", "--server-side", "--field-manager=finetune-tests", "-f", str(path)
+            )
+        for name in (CRD_NAME, TOURNAMENT_CRD_NAME):
+            self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
 
     def log(self, name: str) -> str:
         return (self.directory / f"{name}.log").read_text(errors="replace")

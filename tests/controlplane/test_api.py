@@ -87,7 +87,13 @@ def test_every_example_is_accepted(plane: ControlPlane, path: Path) -> None:
     obj["metadata"].pop("namespace", None)
     result = dry_run(plane, obj)
     assert result.returncode == 0, f"{path.name}: {result.stderr}"
-    assert json.loads(result.stdout)["spec"]["model"] == obj["spec"]["model"]
+    spec = json.loads(result.stdout)["spec"]
+    if obj["kind"] == "FineTuneTournament":
+        # Nothing in a candidate is defaulted: it would override the template.
+        assert spec["candidates"] == obj["spec"]["candidates"]
+        assert spec["template"] == obj["spec"]["template"]
+    else:
+        assert spec["model"] == obj["spec"]["model"]
 
 
 def with_spec(change: dict[str, Any]) -> dict[str, Any]:
@@ -204,3 +210,40 @@ def test_kubectl_explain_prints_the_field_descriptions(plane: ControlPlane) -> N
     for field in ("r", "alpha", "dropout", "targetModules"):
         assert f"  {field}\t" in explained or f"  {field} " in explained, explained
     assert "Rank of the adapter, 1..1024." in explained
+
+
+def test_a_tournament_and_its_leaderboard_are_stored_and_printed(plane: ControlPlane) -> None:
+    client = plane.admin()
+    obj = load(REPO / "manifests" / "examples" / "quickstart-tournament.yaml")
+    url = f"/apis/finetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunetournaments"
+    client.create(url, obj)
+    name = obj["metadata"]["name"]
+    status = {
+        "phase": "Running",
+        "observedGeneration": 1,
+        "leader": "eager",
+        "done": "1/2",
+        "leaderboard": [
+            {
+                "name": "eager",
+                "phase": "Passed",
+                "evalLoss": 1.2,
+                "latency": [{"name": "question", "seconds": 2.5, "limit": 10, "passed": True}],
+                "slaPassed": True,
+                "rank": 1,
+            },
+            {"name": "timid", "phase": "Training"},
+        ],
+    }
+    client.patch(f"{url}/{name}/status", {"status": status})
+    stored = json.loads(plane.kubectl("get", "ftt", "-n", NAMESPACE, name, "-o", "json").stdout)
+    assert stored["status"]["leaderboard"] == status["leaderboard"]  # nothing pruned
+    table = plane.kubectl("get", "ftt", "-n", NAMESPACE, name).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "LEADER", "DONE", "AGE"]
+    assert table[1].split()[:4] == [name, "Running", "eager", "1/2"]
+    duplicate = copy.deepcopy(obj)
+    duplicate["metadata"]["name"] = "twice"
+    duplicate["spec"]["candidates"][1]["name"] = "eager"
+    refused = dry_run(plane, duplicate)
+    assert refused.returncode != 0 and "Duplicate value" in refused.stderr, refused.stderr
+    client.delete(f"{url}/{name}")

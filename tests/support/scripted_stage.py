@@ -25,23 +25,33 @@ BAD_LINE = "line 2: expected a JSON object with a 'messages' list"
 
 
 def play(scenario: str, stage: str, run_uri: str, round: int | None = None) -> int:
+    """`scenario[:EVAL_LOSS]`: with an eval loss, training reports it and the benchmark
+    writes report/evaluation.json with bits per byte proportional to it."""
+    scenario, _, loss = scenario.partition(":")
+    eval_loss = float(loss) if loss else 1.21
     store, prefix = open_run(run_uri)
     run = RunPaths.from_prefix(prefix)
     if stage == "train":
         if scenario == "bad-dataset":
             stage_files.failed(store, run, "validate", "InvalidDataset", BAD_LINE)
             return EXIT_INVALID_INPUT
-        stage_files.trained(store, run)
+        stage_files.trained(store, run, eval_loss)
         return EXIT_OK
     round = round or int(os.environ.get(ROUND_ENV) or 1)
     slow = scenario == "slow-answer" or (scenario == "slow-then-fast" and round == 1)
     stage_files.benchmarked(store, run, answer_p95=7.25 if slow else 2.5, round=round)
+    if loss:
+        stage_files.evaluated(store, run, eval_loss, bits_per_byte=eval_loss / 4)
     return EXIT_OK
 
 
 def main(argv: list[str]) -> int:
     scenario, stage, flag, run_uri = argv
-    assert scenario in SCENARIOS and stage in ("train", "benchmark") and flag == "--run"
+    assert (
+        scenario.partition(":")[0] in SCENARIOS
+        and stage in ("train", "benchmark")
+        and flag == "--run"
+    )
     return play(scenario, stage, run_uri)
 
 

@@ -4,7 +4,9 @@ the pods; the executor-equivalence test runs them as processes through scripted_
 
 from __future__ import annotations
 
-from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, Progress
+import math
+
+from finetune_core.api import BenchmarkReport, EvaluationReport, Metrics, ProfileResult, Progress
 from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, ErrorReport, RunPaths
 from finetune_core.store import ArtifactStore
 
@@ -69,3 +71,20 @@ def benchmarked(
 def failed(store: ArtifactStore, run: RunPaths, stage: str, reason: str, message: str) -> None:
     error = ErrorReport.model_validate({"stage": stage, "reason": reason, "message": message})
     store.put_json(run.error, error.to_wire())
+
+
+def evaluated(
+    store: ArtifactStore,
+    run: RunPaths,
+    eval_loss: float,
+    bits_per_byte: float,
+    dataset: str = "validation split",
+) -> None:
+    """What `finetune benchmark` leaves beside benchmark.json: report/evaluation.json."""
+    report = EvaluationReport(
+        dataset=dataset,
+        eval_loss=eval_loss,
+        perplexity=math.exp(eval_loss),
+        bits_per_byte=bits_per_byte,
+    )
+    store.put_json(run.evaluation, report.to_wire())

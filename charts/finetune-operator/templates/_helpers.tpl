@@ -63,16 +63,24 @@ garbage collector remove the rest), read their pods' termination messages, and p
 Events. No Secrets: the pods get credentials through secretKeyRef.
 */}}
 {{- define "finetune-operator.namespacedRules" -}}
+# A tournament's candidates are FineTuneJobs the operator creates, updates and deletes.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "create", "delete"]
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/status"]
   verbs: ["get", "patch"]
-# The Jobs set blockOwnerDeletion on their owner: admission that checks it (OpenShift's
-# OwnerReferencesPermissionEnforcement) requires update on the owner's finalizers.
 - apiGroups: ["finetune.dev"]
-  resources: ["finetunejobs/finalizers"]
+  resources: ["finetunetournaments"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunetournaments/status"]
+  verbs: ["get", "patch"]
+# The Jobs (and a tournament's FineTuneJobs) set blockOwnerDeletion on their owner:
+# admission that checks it (OpenShift's OwnerReferencesPermissionEnforcement) requires
+# update on the owner's finalizers.
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunejobs/finalizers", "finetunetournaments/finalizers"]
   verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]

@@ -18,6 +18,7 @@ from finetune_core.store import ArtifactStore, open_store
 
 PHASE_STYLES = {
     "Promoted": "bold green",
+    "Passed": "bold green",
     "AwaitingApproval": "bold yellow",
     "Rejected": "bold red",
     "Failed": "bold red",

@@ -22,10 +22,17 @@ Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
 
 # In every namespace where FineTuneJobs live.
 NAMESPACED_PERMISSIONS: set[Permission] = {
-    *(("finetune.dev", "finetunejobs", verb) for verb in ("get", "list", "watch", "patch")),
+    # create, delete: a tournament's candidates are FineTuneJobs the operator makes
+    *(
+        ("finetune.dev", "finetunejobs", verb)
+        for verb in ("get", "list", "watch", "patch", "create", "delete")
+    ),
     *(("finetune.dev", "finetunejobs/status", verb) for verb in ("get", "patch")),
-    # blockOwnerDeletion on the Jobs: admission may require update on the finalizers
+    *(("finetune.dev", "finetunetournaments", verb) for verb in ("get", "list", "watch", "patch")),
+    *(("finetune.dev", "finetunetournaments/status", verb) for verb in ("get", "patch")),
+    # blockOwnerDeletion on the children: admission may require update on the finalizers
     ("finetune.dev", "finetunejobs/finalizers", "update"),
+    ("finetune.dev", "finetunetournaments/finalizers", "update"),
     # delete: the unfinished Jobs of a generation superseded by a spec change
     *(("batch", "jobs", verb) for verb in ("get", "list", "watch", "create", "delete")),
     *(("", "pods", verb) for verb in ("get", "list", "watch")),
@@ -120,7 +127,11 @@ def test_no_wildcards_and_no_secrets_anywhere(sources: dict[str, list[dict[str, 
                 )
                 assert resource != "secrets", f"{source}: the operator must not read Secrets"
                 assert verb not in {"deletecollection", "escalate", "bind", "impersonate"}
-                assert verb != "delete" or (group, resource) == ("batch", "jobs")
+                # delete: superseded Jobs, and a removed tournament candidate's FineTuneJob
+                assert verb != "delete" or (group, resource) in (
+                    ("batch", "jobs"),
+                    ("finetune.dev", "finetunejobs"),
+                )
                 assert group != "coordination.k8s.io" or role["kind"] == "Role", (
                     f"{source}: Leases only in a namespaced Role"
                 )

@@ -34,6 +34,8 @@ JOBS = kmock.resource("batch", "v1", "jobs")
 PODS = kmock.resource("", "v1", "pods")
 EVENTS = kmock.resource("", "v1", "events")
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
+TOURNAMENTS = kmock.resource("finetune.dev", "v1alpha1", "finetunetournaments")
+FTT_URL = f"/apis/finetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunetournaments"
 FTJ_URL = f"/apis/finetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs"
 JOBS_URL = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
 PODS_URL = f"/api/v1/namespaces/{NAMESPACE}/pods"
@@ -52,6 +54,15 @@ def declare_resources(api: ApiServer) -> None:
         namespaced=True,
         verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
         shortnames={"ftj"},
+        categories={"finetune"},
+        subresources={"status"},
+    )
+    api.resources[TOURNAMENTS] = kmock.ResourceInfo(
+        kind="FineTuneTournament",
+        singular="finetunetournament",
+        namespaced=True,
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+        shortnames={"ftt"},
         categories={"finetune"},
         subresources={"status"},
     )
@@ -260,6 +271,50 @@ class Cluster:
         """A merge patch of an object's /status subresource."""
         body = {"status": dict(status)}
         await self._request("PATCH", url, body, "application/merge-patch+json")
+
+    # ---------------------------------------------------------------- tournaments
+
+    def ftt(self, name: str) -> dict[str, Any]:
+        return self.api.objects[TOURNAMENTS, NAMESPACE, name].raw
+
+    def tournament_status(self, name: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.ftt(name).get("status") or {}
+        return status
+
+    async def create_tournament(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = await self._request(
+            "POST", FTT_URL, dict(obj), "application/json"
+        )
+        return created
+
+    async def patch_tournament(self, name: str, patch: Mapping[str, Any]) -> None:
+        await self._request(
+            "PATCH", f"{FTT_URL}/{name}", dict(patch), "application/merge-patch+json"
+        )
+
+    async def wait_for_tournament(
+        self, name: str, phase: str, generation: int = 1, timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
+        return await self.wait_for(
+            lambda: (
+                (s := self.tournament_status(name)).get("phase") == phase
+                and s.get("observedGeneration") == generation
+                and s
+            ),
+            f"tournament {name} generation {generation} in phase {phase}",
+            timeout,
+        )
+
+    def finetunejob_creations(self, tournament_label: str) -> list[str]:
+        """Names of the FineTuneJobs the operator asked to create for a tournament."""
+        return [
+            request.data["metadata"]["name"]
+            for request in self.api
+            if request.method == "POST"
+            and request.resource == FINETUNEJOBS
+            and request.data["metadata"].get("labels", {}).get("finetune.dev/tournament")
+            == tournament_label
+        ]
 
     # ---------------------------------------------------------------- the Job controller
 

@@ -50,6 +50,7 @@ SCENARIOS = {
     "promoted": Scenario("passes", "Promoted"),
     "rejected": Scenario("slow-answer", "Rejected"),
     "invalid-dataset": Scenario("bad-dataset", "Failed"),
+    "passed": Scenario("passes", "Passed", {"promotion": {"policy": "none"}}),
     "approved": Scenario("passes", "AwaitingApproval", {"promotion": {"policy": "manual"}}, True),
     "rebenchmarked": Scenario("slow-then-fast", "Rejected", rebenchmark=True),
 }
@@ -139,7 +140,7 @@ async def test_the_operator_and_finetune_run_reach_the_same_status(
     regated = scenario.approve or scenario.rebenchmark
     assert in_cluster["phase"] == ("Promoted" if regated else scenario.settles_in)
     assert {c["type"]: c["status"] for c in in_cluster["conditions"]} == {
-        "Ready": "True" if in_cluster["phase"] == "Promoted" else "False",
+        "Ready": "True" if in_cluster["phase"] in ("Promoted", "Passed") else "False",
         "Reconciling": "False",
         "Stalled": "True" if in_cluster["phase"] in ("Failed", "Rejected") else "False",
     }

@@ -16,7 +16,8 @@ from typing import Any
 import celpy
 import jsonschema
 
-from finetune_operator.crd import Schema, crd_dict
+from finetune_core.tournament import TOURNAMENT_KIND
+from finetune_operator.crd import Schema, crd_dict, tournament_crd_dict
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "manifests" / "examples"
@@ -79,20 +80,24 @@ def _rule_problems(schema: Schema, value: Any, path: str) -> list[str]:
 
 
 @cache
-def _schema() -> Schema:
-    """Generated once: generating it is most of the cost of a check."""
+def _schema(kind: str = "FineTuneJob") -> Schema:
+    """Generated once per kind: generating it is most of the cost of a check."""
+    if kind == TOURNAMENT_KIND:
+        return tournament_crd_dict()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return open_api_schema()
 
 
 @cache
-def _validator() -> jsonschema.Draft4Validator:
-    return jsonschema.Draft4Validator(_closed(_schema()))
+def _validator(kind: str = "FineTuneJob") -> jsonschema.Draft4Validator:
+    return jsonschema.Draft4Validator(_closed(_schema(kind)))
 
 
 def crd_problems(document: dict[str, Any]) -> list[str]:
-    """Problems the API server would report for a FineTuneJob, one line each (path: what)."""
+    """Problems the API server would report for a FineTuneJob (or, by its kind, a
+    FineTuneTournament), one line each (path: what)."""
+    kind = TOURNAMENT_KIND if document.get("kind") == TOURNAMENT_KIND else "FineTuneJob"
     problems = [
         f"{_dotted(error.absolute_path)}: {error.message}"
-        for error in _validator().iter_errors(document)
+        for error in _validator(kind).iter_errors(document)
     ]
-    return problems + _rule_problems(_schema(), document, "")
+    return problems + _rule_problems(_schema(kind), document, "")

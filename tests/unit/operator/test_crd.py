@@ -15,7 +15,16 @@ from pydantic import BaseModel, Field
 
 from finetune_core.api import MAX_NAME_LENGTH
 from finetune_core.syntax import LABEL_VALUE_PATTERN, QUANTITY_PATTERN
-from finetune_operator.crd import Schema, crd_dict, crd_yaml, node_at, structural_schema
+from finetune_operator.crd import (
+    Schema,
+    all_crds_yaml,
+    crd_dict,
+    crd_yaml,
+    node_at,
+    structural_schema,
+    tournament_crd_dict,
+    tournament_crd_yaml,
+)
 from tests.support.manifests import EDGE_RESOURCES, finetunejob
 
 from .crd_check import EXAMPLE_FILES, REPO, crd_problems, open_api_schema
@@ -269,3 +278,42 @@ def test_values_the_cluster_accepts_pass_the_new_rules() -> None:
     dataset = {"uri": "s3://datasets/v3.jsonl", "sha256": "0123456789abcdef" * 4}
     training = {"seed": 2**32 - 1, "warmupSteps": 10000}
     assert crd_problems(_job(resources=resources, dataset=dataset, training=training)) == []
+
+
+# ------------------------------------------------------------------ FineTuneTournament
+
+
+def test_committed_tournament_crd_is_generated_from_the_models() -> None:
+    committed = REPO / "manifests" / "crd" / "finetunetournaments.finetune.dev.yaml"
+    assert committed.read_text(encoding="utf-8") == tournament_crd_yaml(), (
+        f"{committed.relative_to(REPO)} is out of date: run `make crd` and commit the result"
+    )
+
+
+def test_finetune_crd_prints_both_kinds() -> None:
+    kinds = [doc["spec"]["names"]["kind"] for doc in yaml.safe_load_all(all_crds_yaml())]
+    assert kinds == ["FineTuneJob", "FineTuneTournament"]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_tournament_crd_is_a_valid_structural_kubernetes_object(version: str) -> None:
+    crd = tournament_crd_dict()
+    assert kubernetes_validate.validate(crd, version, strict=True) == version
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in walk(schema):
+        assert set(node) <= ALLOWED_KEYS, path
+        assert "type" in node, path
+    assert crd["spec"]["names"]["shortNames"] == ["ftt"]
+    columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert columns == ["Phase", "Leader", "Done", "Age"]
+
+
+def test_a_candidate_is_a_partial_spec_the_api_server_does_not_default() -> None:
+    schema = tournament_crd_dict()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    candidate = node_at(schema, "spec.candidates")["items"]
+    assert candidate["required"] == ["name"]
+    assert "Rank" in node_at(candidate, "lora.r")["description"]
+    for path, node in walk(node_at(schema, "spec.template")):
+        assert "default" not in node and "required" not in node, path
+    for path, node in walk(candidate):
+        assert "default" not in node, path

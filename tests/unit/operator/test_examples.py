@@ -28,6 +28,8 @@ EXPECTED_EXAMPLES = {
     "mistral-nemo-hybrid.yaml",
     "mistral-7b-instruct-cerberus.yaml",
     "queued-phi4.yaml",
+    "agents-tournament.yaml",
+    "quickstart-tournament.yaml",
 }
 
 
@@ -51,6 +53,35 @@ def test_quickstart_runs_on_a_cpu_with_the_bundled_dataset() -> None:
     assert spec["model"] == {"preset": "smollm2-135m"}
     assert spec["resources"]["gpus"] == 0
     assert (EXAMPLES / spec["dataset"]["uri"]).is_file()
+
+
+def test_the_agents_tournament_holds_the_three_seed_agents() -> None:
+    from finetune_core.tournament import parse_tournament
+
+    doc = yaml.safe_load((EXAMPLES / "agents-tournament.yaml").read_text(encoding="utf-8"))
+    tournament = parse_tournament(doc)
+    models = {name: spec.resolve().model_id for name, spec in tournament.children.items()}
+    assert models == {
+        "phi4": "unsloth/phi-4",
+        "qwen3": "unsloth/Qwen3-8B",
+        "nemo": "unsloth/Mistral-Nemo-Instruct-2407",
+    }
+    assert tournament.children["qwen3"].lora.r == 24
+    assert [p.max_latency_seconds for p in tournament.children["nemo"].benchmark.sla] == [10, 6]
+    assert tournament.spec.max_parallel == 1
+
+
+def test_the_quickstart_tournament_runs_on_a_cpu_with_the_bundled_dataset() -> None:
+    from finetune_core.tournament import parse_tournament
+
+    doc = yaml.safe_load((EXAMPLES / "quickstart-tournament.yaml").read_text(encoding="utf-8"))
+    tournament = parse_tournament(doc)
+    rates = {n: s.resolve().learning_rate for n, s in tournament.children.items()}
+    assert len(set(rates.values())) == len(rates) >= 2
+    for spec in tournament.children.values():
+        assert spec.resources.gpus == 0
+        assert spec.model.preset == "smollm2-135m"
+        assert (EXAMPLES / spec.dataset.uri).is_file()
 
 
 def _set(document: dict[str, Any], path: str, value: Any) -> None:

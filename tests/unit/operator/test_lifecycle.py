@@ -477,6 +477,30 @@ def test_improvement_gate_compares_with_the_champion() -> None:
     assert "ml-other-g4" in decision.status["message"]
 
 
+def test_policy_none_gates_and_ends_passed_without_promoting() -> None:
+    obj = at_phase("Benchmarking", promotion={"policy": "none"})
+    decision = benchmarked(obj, report=report(), metrics=METRICS)
+    assert not decision.promote
+    assert decision.status["phase"] == "Passed"
+    assert decision.status["sla"] == "Passed"
+    assert "promotedModel" not in decision.status
+    assert decision.status["message"].endswith("not promoted (promotion.policy: none)")
+    passed = applied(obj, decision)
+    ready = condition(passed, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Passed")
+    assert condition(passed, "Stalled")["status"] == "False"
+    assert condition(passed, "Reconciling")["status"] == "False"
+    assert settled(passed)
+    assert decide(observe(passed), LATER) == NOTHING
+
+
+def test_policy_none_that_misses_its_sla_is_rejected() -> None:
+    obj = at_phase("Benchmarking", promotion={"policy": "none"})
+    decision = benchmarked(obj, report=report(answer_p95=7.25), metrics=METRICS)
+    assert decision.status["phase"] == "Rejected"
+    assert condition(applied(obj, decision), "Stalled")["status"] == "True"
+
+
 def test_missing_report_fails_the_run() -> None:
     decision = benchmarked(at_phase("Benchmarking"), metrics=METRICS)
     assert decision.status["phase"] == "Failed"
