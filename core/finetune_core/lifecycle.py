@@ -396,15 +396,18 @@ def decide(obs: Observation, now: datetime) -> Decision:
     stale = tuple(name for name in s.superseded + s.leftovers if name not in decision.delete)
     if stale:
         decision = replace(decision, delete=decision.delete + stale)
-    if decision.status and s.step not in (Step.SETTLED, Step.REBENCHMARK_REFUSED):
+    moving = not s.settled and s.step is not Step.REBENCHMARK_REFUSED
+    if moving and (decision.status or "cost" in s.raw_status):
         decision = _with_cost(s, obs, decision)
     return _with_prune(s, decision)
 
 
 def _with_cost(s: RunState, obs: Observation, decision: Decision) -> Decision:
-    """The decision's status patch with status.cost brought up to date, if it moved. Only a
-    decision that writes the status anyway carries it: every transition after a stage ends
-    does, and so does each progress refresh, so cost costs no write of its own."""
+    """The decision's status patch with status.cost brought up to date, if it moved. It
+    moves only when its inputs do (a stage ends, a start time or a progress report arrives),
+    and those come with a write of their own, so it rarely adds one; a status without a cost
+    yet (written by an older operator) gets one with the run's next write. A settled run's
+    cost does not move."""
     after = merge_patch(s.raw_status, decision.status)
     cost = parse_status(after).cost if after.get("cost") is not None else None
     stages = [

@@ -124,3 +124,23 @@ async def test_a_settled_run_prunes_older_generations_run_directories(cluster: C
     )
     assert cluster.store.exists(cluster.run("lean", 2).benchmark_report)
     assert cluster.status("lean")["runs"][0]["generation"] == 1  # the history stays
+
+
+async def test_a_training_run_projects_its_gpu_hours_from_the_progress_eta(
+    cluster: Cluster,
+) -> None:
+    assert cluster.settings is not None
+    cluster.settings.gpu_hour_price = 10.0
+    await cluster.create(small_job("eta", cluster.dataset, resources={"gpus": 1}))
+    train = (await cluster.wait_for_job("eta", 1, "train"))["metadata"]["name"]
+    await cluster.job_running(train)  # started 23:59:00
+    cluster.pod_wrote_progress(cluster.run("eta"), step=2, total=4)  # at 00:00:00, 12 s left
+    cost = await cluster.wait_for(
+        lambda: (
+            cluster.status("eta")["cost"]["projectedGpuHours"] and cluster.status("eta")["cost"]
+        ),
+        "a projected cost",
+    )
+    assert cost["projectedGpuHours"] == round(72 / 3600, 4)  # (60 s + 12 s) x 1 GPU
+    assert cost["projectedCost"] == round(72 / 3600 * 10.0, 2)
+    assert cost["gpuHours"] == 0.0  # nothing has finished yet

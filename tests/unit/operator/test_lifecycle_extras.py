@@ -99,7 +99,9 @@ def test_a_rebenchmark_request_starts_round_two_without_retraining(phase: str) -
     # Round 2 passes: gated again, and (auto policy) promoted.
     done = [job("train", outcome="succeeded"), bench(), bench(2)]
     gated = decide(observe(benchmarking, *done, report=report(), metrics=METRICS), NOW)
-    assert gated == Decision(promote=True)
+    assert gated.promote and gated.create is None
+    assert set(gated.status) == {"cost"}  # round 2's GPU-hours recorded; the phase moves next
+    assert "agent-g1-bench-r2" in gated.status["cost"]["stages"]
 
 
 def test_a_served_request_starts_nothing_again_and_a_new_value_starts_round_three() -> None:
