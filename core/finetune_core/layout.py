@@ -2,7 +2,8 @@
 
 The layout is a contract between the operator, the pods and users browsing the bucket:
     runs/<namespace>/<name>/g<generation>/{config,progress,metrics,error}.json
-    runs/.../checkpoints/step-<N>/   adapter/   report/benchmark.json   report/index.html
+    runs/.../checkpoints/step-<N>/   adapter/   merged/   report/benchmark.json
+    runs/.../report/evaluation.json   report/index.html
     models/<namespace>/<alias>/<name>-g<generation>/   models/<namespace>/<alias>/current.json
 """
 
@@ -114,6 +115,17 @@ class RunPaths:
     @property
     def report_html(self) -> str:
         return f"{self.report}/index.html"
+
+    @property
+    def evaluation(self) -> str:
+        """report/evaluation.json: held-out loss, bits per byte, review answers and scores."""
+        return f"{self.report}/evaluation.json"
+
+    @property
+    def merged(self) -> str:
+        """The base model with the adapter merged (promotion.export: merged), safetensors in
+        the Hugging Face layout, written by the benchmark stage."""
+        return f"{self.prefix}/merged"
 
     def superseded(self, uid: str) -> str:
         """Where a run directory written for another object of the same name (deleted and
