@@ -852,6 +852,7 @@ class Reason:
     SLA_MISSED = "SlaMissed"
     MISSING_METRICS = "MissingMetrics"
     NO_IMPROVEMENT = "NoImprovement"
+    REVIEW_SCORES_LOW = "ReviewScoresLow"
     # error.json reasons the stages write.
     INVALID_CONFIG = "InvalidConfig"
     INVALID_DATASET = "InvalidDataset"
