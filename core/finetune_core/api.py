@@ -596,7 +596,7 @@ class PromotionSpec(ApiModel):
         "a path segment. Lowercase letters, digits, '-' and '.'.",
     )
     export: list[ExportFormat] = Field(
-        default_factory=lambda: ["adapter"],
+        default_factory=lambda: list[ExportFormat](["adapter"]),
         min_length=1,
         max_length=2,
         json_schema_extra={

@@ -17,8 +17,8 @@ from finetune_core.api import (
     BenchmarkReport,
     EvaluationReport,
     Metrics,
-    PromotionSpec,
     ProfileResult,
+    PromotionSpec,
     Reason,
     ResolvedSpec,
 )
