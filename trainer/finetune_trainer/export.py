@@ -50,8 +50,6 @@ def merged_model(spec: ResolvedSpec, adapter_dir: Path) -> tuple[Any, Any]:
 def save_merged(spec: ResolvedSpec, adapter_dir: Path, target: Path) -> Path:
     """The merged model written to `target` in the Hugging Face layout."""
     model, tokenizer = merged_model(spec, adapter_dir)
-    # Name the model id, not the local cache path it was loaded from.
-    model.config._name_or_path = spec.model_id
     model.save_pretrained(str(target), safe_serialization=True)
     tokenizer.save_pretrained(str(target))
     return target
