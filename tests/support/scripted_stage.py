@@ -3,7 +3,8 @@ the files the real stage writes for a scenario and exits as the real stage would
 
     python -m tests.support.scripted_stage SCENARIO STAGE --run URI
 
-Scenarios: `passes` (trained; every SLA met), `slow-answer` (the answer profile's p95 is
+Scenarios: `passes` (trained; every SLA met), `passes-merged` (the same, and the merged
+model for promotion.export: merged), `slow-answer` (the answer profile's p95 is
 7.25 s against its 6 s limit), `bad-dataset` (training fails on line 2 of the dataset,
 exit code 3, as the trainer does).
 """
@@ -17,7 +18,7 @@ from finetune_core.layout import RunPaths
 from finetune_core.store import open_run
 from tests.support import stage_files
 
-SCENARIOS = ("passes", "slow-answer", "bad-dataset")
+SCENARIOS = ("passes", "passes-merged", "slow-answer", "bad-dataset")
 BAD_LINE = "line 2: expected a JSON object with a 'messages' list"
 
 
@@ -31,6 +32,8 @@ def play(scenario: str, stage: str, run_uri: str) -> int:
         stage_files.trained(store, run)
         return EXIT_OK
     stage_files.benchmarked(store, run, answer_p95=7.25 if scenario == "slow-answer" else 2.5)
+    if scenario == "passes-merged":
+        stage_files.merged(store, run)
     return EXIT_OK
 
 

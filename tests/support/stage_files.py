@@ -4,7 +4,14 @@ the pods; the executor-equivalence test runs them as processes through scripted_
 
 from __future__ import annotations
 
-from finetune_core.api import BenchmarkReport, Metrics, ProfileResult, Progress
+from finetune_core.api import (
+    BenchmarkReport,
+    EvaluationReport,
+    Metrics,
+    ProfileResult,
+    Progress,
+    ReviewAnswer,
+)
 from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, ErrorReport, RunPaths
 from finetune_core.store import ArtifactStore
 
@@ -50,14 +57,41 @@ def _profile(name: str, tokens: int, limit: float, p95: float) -> ProfileResult:
     )
 
 
+def evaluated(store: ArtifactStore, run: RunPaths) -> None:
+    """What `finetune benchmark` leaves first: report/evaluation.json."""
+    answer = ReviewAnswer(
+        prompt="What is pip?", reference="The package installer.", base="A tool.", adapter="pip."
+    )
+    evaluation = EvaluationReport(
+        dataset="validation split",
+        eval_loss=1.25,
+        perplexity=3.49,
+        bits_per_byte=0.875,
+        base_bleu=1.5,
+        adapter_bleu=6.25,
+        base_rouge_l=0.125,
+        adapter_rouge_l=0.25,
+        answers=[answer],
+    )
+    store.put_json(run.evaluation, evaluation.to_wire())
+
+
 def benchmarked(store: ArtifactStore, run: RunPaths, answer_p95: float = 2.5) -> None:
-    """What `finetune benchmark` leaves: report/benchmark.json and the HTML report."""
+    """What `finetune benchmark` leaves: report/evaluation.json, report/benchmark.json and
+    the HTML report."""
+    evaluated(store, run)
     profiles = [_profile("question", 48, 10, 3.5), _profile("answer", 24, 6, answer_p95)]
     report = BenchmarkReport(
         passed=all(p.passed for p in profiles), percentile=95, device="cpu", profiles=profiles
     )
     store.put_json(run.benchmark_report, report.to_wire())
     store.put_bytes(run.report_html, b"<html>report</html>", "text/html")
+
+
+def merged(store: ArtifactStore, run: RunPaths) -> None:
+    """The merged model the benchmark stage writes for promotion.export: merged."""
+    store.put_json(f"{run.merged}/config.json", {"model_type": "llama"})
+    store.put_bytes(f"{run.merged}/model.safetensors", b"merged weights")
 
 
 def failed(store: ArtifactStore, run: RunPaths, stage: str, reason: str, message: str) -> None:

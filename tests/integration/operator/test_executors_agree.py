@@ -43,6 +43,10 @@ SCENARIOS = {
     "rejected": Scenario("slow-answer", "Rejected"),
     "invalid-dataset": Scenario("bad-dataset", "Failed"),
     "approved": Scenario("passes", "AwaitingApproval", {"promotion": {"policy": "manual"}}, True),
+    "review-score-low": Scenario("passes", "Rejected", {"promotion": {"minBleu": 50}}),
+    "merged": Scenario(
+        "passes-merged", "Promoted", {"promotion": {"export": ["adapter", "merged"]}}
+    ),
 }
 
 
@@ -116,6 +120,8 @@ async def test_the_operator_and_finetune_run_reach_the_same_status(
     local = on_local(tmp_path, cluster.dataset, s3_env["FINETUNE_S3_ENDPOINT"], scenario)
     assert comparable(local, str((tmp_path / "store").resolve())) == in_cluster
     assert in_cluster["phase"] == ("Promoted" if scenario.approve else scenario.settles_in)
+    if scenario.script != "bad-dataset":  # benchmarked: evaluation.json's figures
+        assert in_cluster["evaluation"]["adapterBleu"] == 6.25
     assert {c["type"]: c["status"] for c in in_cluster["conditions"]} == {
         "Ready": "True" if in_cluster["phase"] == "Promoted" else "False",
         "Reconciling": "False",
