@@ -48,8 +48,9 @@ from finetune_trainer.stage import invalid_input
 log = logging.getLogger(__name__)
 
 VALIDATION_SPLIT = "validation split"
-REVIEW_MAX_NEW_TOKENS = 96
+REVIEW_MAX_NEW_TOKENS = 64
 REVIEW_BATCH = 8  # prompts generated together (left-padded): far cheaper per answer on a CPU
+LIKELIHOOD_BATCH_TOKENS = 2048  # padded tokens per forward pass of the held-out likelihood
 
 
 @dataclass(frozen=True)
@@ -145,28 +146,51 @@ class Likelihood:
         return self.nll / math.log(2) / self.bytes if self.bytes else None
 
 
+def length_batches(rows: list[ScoredRow], max_tokens: int) -> list[list[ScoredRow]]:
+    """Rows sorted by length into batches of at most `max_tokens` padded tokens (at least
+    one row each): little padding, and logits of a bounded size."""
+    batches: list[list[ScoredRow]] = []
+    for row in sorted(rows, key=lambda r: len(r.input_ids)):
+        batch = batches[-1] if batches else None
+        if batch and len(row.input_ids) * (len(batch) + 1) <= max_tokens:
+            batch.append(row)
+        else:
+            batches.append([row])
+    return batches
+
+
 @torch.inference_mode()
-def likelihood(model: Any, rows: list[ScoredRow], device: str) -> Likelihood:
-    """The model's total NLL over the rows' labelled tokens, one conversation per forward
-    pass (no padding to reason about; the validation split is small)."""
+def likelihood(
+    model: Any,
+    rows: list[ScoredRow],
+    device: str,
+    pad_token_id: int = 0,
+    max_tokens: int = LIKELIHOOD_BATCH_TOKENS,
+) -> Likelihood:
+    """The model's total NLL over the rows' labelled tokens. Rows of similar length go
+    through the model together, right-padded (pads are masked and never scored): on a CPU a
+    batch of eight costs about half the time of eight single passes."""
     nll, tokens, size = 0.0, 0, 0
-    for row in rows:
-        ids = torch.tensor([row.input_ids], device=device)
-        labels = torch.tensor([row.labels], device=device)
-        logits = model(input_ids=ids).logits[:, :-1, :].float()
-        targets = labels[:, 1:]
-        scored = int((targets != IGNORE_INDEX).sum())
-        if not scored:
-            continue
+    for batch in length_batches(rows, max_tokens):
+        width = max(len(row.input_ids) for row in batch)
+        ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for index, row in enumerate(batch):
+            ids[index, : len(row.input_ids)] = torch.tensor(row.input_ids)
+            labels[index, : len(row.labels)] = torch.tensor(row.labels)
+            mask[index, : len(row.input_ids)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        targets = labels[:, 1:].to(device)
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
+            logits[:, :-1, :].float().reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
         nll += float(loss)
-        tokens += scored
-        size += row.label_bytes
+        tokens += int((targets != IGNORE_INDEX).sum())
+        size += sum(row.label_bytes for row in batch)
     return Likelihood(nll, tokens, size)
 
 
@@ -352,7 +376,8 @@ def evaluate(spec: ResolvedSpec, loaded: LoadedModel, held_out: HeldOut) -> Eval
     answers need the adapter disabled)."""
     dataset = held_out.label
     rows = held_out_rows(spec, loaded.tokenizer, held_out)
-    measured = likelihood(loaded.model, rows, loaded.device)
+    pad = loaded.tokenizer.pad_token_id or 0
+    measured = likelihood(loaded.model, rows, loaded.device, pad)
     log.info(
         "evaluated on %s: %d conversations, %d tokens, %d bytes; eval loss %s, %s bits/byte",
         dataset,

@@ -16,9 +16,12 @@ from finetune_trainer.data import split_indices
 from finetune_trainer.encoding import IGNORE_INDEX, encode_conversation
 from finetune_trainer.evaluation import (
     Likelihood,
+    ScoredRow,
     bleu,
     covered_bytes,
     held_out_rows,
+    length_batches,
+    likelihood,
     read_held_out,
     review_prompt,
     review_sample,
@@ -176,3 +179,36 @@ def dataset(directory: Path, name: str = "train.jsonl", rows: int = 10) -> Path:
     path = directory / name
     path.write_text("".join(json.dumps({"messages": CHAT}) + "\n" for _ in range(rows)))
     return path
+
+
+def test_length_batches_group_similar_lengths_within_the_budget() -> None:
+    rows = [ScoredRow([0] * n, [0] * n, n) for n in (5, 30, 6, 7, 29, 100)]
+    batches = length_batches(rows, max_tokens=60)
+    assert [[len(r.input_ids) for r in batch] for batch in batches] == [
+        [5, 6, 7],
+        [29, 30],
+        [100],  # longer than the budget: alone
+    ]
+
+
+@pytest.mark.slow
+def test_batched_likelihood_equals_one_conversation_at_a_time(tokenizer: Any) -> None:
+    """Padding changes nothing: the pads are masked and never scored."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetune_trainer.modeling import local_model_path
+
+    model = AutoModelForCausalLM.from_pretrained(
+        local_model_path(SMOLLM2_MODEL_ID), dtype=torch.float32
+    ).eval()
+    short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    rows = [score_row(tokenizer, chat, 4096)[0] for chat in (CHAT, short, CHAT[1:])]
+    pad = tokenizer.pad_token_id or tokenizer.eos_token_id
+    alone = likelihood(model, rows, "cpu", pad, max_tokens=1)
+    together = likelihood(model, rows, "cpu", pad, max_tokens=10_000)
+    assert (alone.tokens, alone.bytes) == (together.tokens, together.bytes)
+    assert together.tokens == sum(
+        sum(label != IGNORE_INDEX for label in row.labels[1:]) for row in rows
+    )
+    assert together.nll == pytest.approx(alone.nll, rel=1e-4)
