@@ -6,7 +6,8 @@ from where promotion copies it beside the adapter.
 The base is loaded with transformers alone and never in 4-bit, whatever model.loadIn4bit
 says: merging into quantized weights would round the adapter away, and a server loads the
 result as an ordinary checkpoint. The weights are in the spec's precision on a GPU (bf16 by
-default) and fp32 on a CPU, as the trainer computes there.
+default) and fp32 on a CPU, as the trainer computes there. Shards stay under 4 GB, so that
+promotion can copy each one within the store in a single request.
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ from finetune_trainer.modeling import (
 
 log = logging.getLogger(__name__)
 
+# Shards below S3's 5 GiB limit on a single-request copy: promotion copies the merged model
+# object by object inside the store (transformers' own default is 50GB).
+MAX_SHARD_SIZE = "4GB"
+
+
+def release_accelerator_memory() -> None:
+    """Free what the benchmark's own model left cached on the GPU before loading another."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
 
 def merged_model(spec: ResolvedSpec, adapter_dir: Path) -> tuple[Any, Any]:
     """(model, tokenizer): the full-precision base with the adapter merged in."""
@@ -40,17 +56,18 @@ def merged_model(spec: ResolvedSpec, adapter_dir: Path) -> tuple[Any, Any]:
     base = AutoModelForCausalLM.from_pretrained(path, **options)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     model.eval()
-    tokenizer = adapter_tokenizer(adapter_dir, None) or with_pad_token(
-        AutoTokenizer.from_pretrained(path)
-    )
+    tokenizer = adapter_tokenizer(adapter_dir, None)
+    if tokenizer is None:
+        tokenizer = with_pad_token(AutoTokenizer.from_pretrained(path))
     log.info("merged the adapter into %s (%s)", spec.model_id, dtype_name(dtype))
     return model, tokenizer
 
 
 def save_merged(spec: ResolvedSpec, adapter_dir: Path, target: Path) -> Path:
     """The merged model written to `target` in the Hugging Face layout."""
+    release_accelerator_memory()
     model, tokenizer = merged_model(spec, adapter_dir)
-    model.save_pretrained(str(target), safe_serialization=True)
+    model.save_pretrained(str(target), safe_serialization=True, max_shard_size=MAX_SHARD_SIZE)
     tokenizer.save_pretrained(str(target))
     return target
 
