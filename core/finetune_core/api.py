@@ -570,6 +570,9 @@ class BenchmarkSpec(ApiModel):
         return value
 
 
+ExportFormat = Literal["adapter", "merged"]
+
+
 class PromotionSpec(ApiModel):
     """When a model that passed the benchmark becomes the current one."""
 
@@ -593,6 +596,79 @@ class PromotionSpec(ApiModel):
         description="The alias the model is promoted to, per namespace "
         "(models/<namespace>/<alias>/current.json); default: the preset, or the model id made "
         "a path segment. Lowercase letters, digits, '-' and '.'.",
+    )
+    export: list[ExportFormat] = Field(
+        default_factory=lambda: list[ExportFormat](["adapter"]),
+        min_length=1,
+        max_length=2,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "'adapter' in self", "message": "export must include adapter"},
+                {
+                    "rule": "self.all(x, self.exists_one(y, y == x))",
+                    "message": "each export format may appear once",
+                },
+            ],
+        },
+        description="What promotion publishes for serving: adapter (the LoRA adapter, always "
+        "published: it is what the gate measured and what a rollback points at) and merged "
+        "(the base model with the adapter merged, safetensors in the Hugging Face layout, "
+        "written by the benchmark stage). The model card gives vLLM and TGI commands for each.",
+    )
+    min_bleu: float | None = Field(
+        default=None,
+        strict=True,
+        allow_inf_nan=False,
+        ge=0,
+        le=100,
+        alias="minBleu",
+        description="Also require the adapter's corpus BLEU (0..100, sacrebleu) on the review "
+        "answers (evaluation.samples) to be at least this; a run without the figure fails it.",
+    )
+    min_rouge_l: float | None = Field(
+        default=None,
+        strict=True,
+        allow_inf_nan=False,
+        ge=0,
+        le=1,
+        alias="minRougeL",
+        description="Also require the adapter's mean ROUGE-L F-measure (0..1) on the review "
+        "answers to be at least this; a run without the figure fails it.",
+    )
+
+    @field_validator("export")
+    @classmethod
+    def _export(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each export format may appear once")
+        if "adapter" not in value:
+            raise ValueError(
+                "must include adapter: the adapter is what the gate measured and what a "
+                "rollback points at; add merged beside it"
+            )
+        return value
+
+
+class EvaluationSpec(ApiModel):
+    """What the benchmark stage evaluates besides latency: a held-out dataset (loss,
+    perplexity and bits per byte) and answers for human review (BLEU, ROUGE-L)."""
+
+    dataset: DatasetSpec | None = Field(
+        default=None,
+        description="Held-out chat JSONL (same form and URI forms as spec.dataset) on which "
+        "the benchmark stage measures the adapter's eval loss, perplexity and bits per byte, "
+        "written to report/evaluation.json; every conversation is evaluated (validationSplit "
+        "is not used). Default: the run's validation split. The same file for every run makes "
+        "runs with different data or tokenizers comparable.",
+    )
+    samples: int = Field(
+        default=8,
+        strict=True,
+        ge=0,
+        le=64,
+        description="Validation prompts (a fixed sample, drawn with training.seed) answered "
+        "greedily by the base model and by the adapter, shown side by side in the report and "
+        "scored against the references with BLEU and ROUGE-L, 0..64; 0 skips the answers.",
     )
 
 
@@ -625,25 +701,6 @@ class RetentionSpec(ApiModel):
         "generations to keep, newest first; older ones are deleted when a run settles. The "
         "current generation and every promoted one are always kept. Default: the operator's "
         "setting (FINETUNE_KEEP_GENERATIONS; locally the same variable), else all.",
-    )
-
-
-class EvaluationSpec(ApiModel):
-    """What the benchmark stage evaluates besides latency: a held-out dataset and review
-    samples."""
-
-    dataset: DatasetSpec | None = Field(
-        default=None,
-        description="Held-out chat JSONL the benchmark stage evaluates (loss, perplexity, bits "
-        "per byte in report/evaluation.json); default: the validation split.",
-    )
-    samples: int = Field(
-        default=8,
-        strict=True,
-        ge=0,
-        le=64,
-        description="Validation prompts answered by the base model and the adapter for human "
-        "review, 0..64.",
     )
 
 
@@ -698,6 +755,7 @@ class FineTuneJobSpec(ApiModel):
             benchmark=self.benchmark,
             promotion=self.promotion,
             retention=self.retention,
+            evaluation=self.evaluation,
         )
 
 
@@ -740,6 +798,7 @@ class ResolvedSpec(ApiModel):
     benchmark: BenchmarkSpec
     promotion: PromotionSpec
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
 
 class RunConfig(ApiModel):
@@ -816,6 +875,7 @@ class Reason:
     SLA_MISSED = "SlaMissed"
     MISSING_METRICS = "MissingMetrics"
     NO_IMPROVEMENT = "NoImprovement"
+    REVIEW_SCORES_LOW = "ReviewScoresLow"
     # error.json reasons the stages write.
     INVALID_CONFIG = "InvalidConfig"
     INVALID_DATASET = "InvalidDataset"
@@ -941,34 +1001,71 @@ class BenchmarkReport(StatusModel):
 
 
 class ReviewAnswer(StatusModel):
-    """One validation prompt answered by the base model and the adapter, for human review."""
+    """One validation prompt answered by the base model and by the adapter."""
 
-    prompt: str
-    reference: str
-    base: str
-    adapter: str
+    prompt: str = Field(description="The last user turn of the prompt.")
+    reference: str = Field(description="The dataset's own answer.")
+    base: str = Field(description="The base model's greedy answer (adapter disabled).")
+    adapter: str = Field(description="The adapter's greedy answer.")
 
 
 class EvaluationReport(StatusModel):
-    """report/evaluation.json, written by the benchmark stage: the adapter on held-out data."""
+    """report/evaluation.json, written by the benchmark stage: the adapter on held-out data,
+    and the review answers with their text-overlap scores against the references."""
 
-    dataset: str = Field(description='The URI evaluated, or "validation split".')
-    eval_loss: float | None = Field(default=None, description="Mean per-token loss.")
+    dataset: str = Field(
+        description="The URI evaluated (evaluation.dataset), or 'validation split'."
+    )
+    eval_loss: float | None = Field(
+        default=None, description="Mean NLL per assistant token (nats)."
+    )
     perplexity: float | None = Field(default=None, description="exp(evalLoss).")
     bits_per_byte: float | None = Field(
         default=None,
-        description="Summed loss in bits over the text's UTF-8 bytes: comparable across "
-        "tokenizers.",
+        description="Total NLL of the assistant tokens in bits over the UTF-8 bytes of their "
+        "text: comparable across tokenizers.",
     )
-    base_bleu: float | None = Field(default=None, description="Base model's BLEU.")
-    adapter_bleu: float | None = Field(default=None, description="Adapter's BLEU.")
+    base_bleu: float | None = Field(
+        default=None, description="Corpus BLEU (0..100) of the base model's review answers."
+    )
+    adapter_bleu: float | None = Field(
+        default=None, description="Corpus BLEU (0..100) of the adapter's review answers."
+    )
     base_rouge_l: float | None = Field(
-        default=None, alias="baseRougeL", description="Base model's ROUGE-L."
+        default=None, description="Mean ROUGE-L F (0..1) of the base model's review answers."
     )
     adapter_rouge_l: float | None = Field(
-        default=None, alias="adapterRougeL", description="Adapter's ROUGE-L."
+        default=None, description="Mean ROUGE-L F (0..1) of the adapter's review answers."
     )
-    answers: list[ReviewAnswer] = Field(default_factory=list, description="Review samples.")
+    answers: list[ReviewAnswer] = Field(
+        default_factory=list, description="The review answers, side by side."
+    )
+
+
+class EvaluationSummary(StatusModel):
+    """report/evaluation.json's figures, copied into the status: bits per byte on the
+    evaluated dataset and the review answers' scores against the references (the answers
+    themselves stay in the report)."""
+
+    samples: int | None = Field(default=None, description="Review answers scored.")
+    adapter_bleu: float | None = Field(default=None, description="Adapter's corpus BLEU.")
+    base_bleu: float | None = Field(default=None, description="Base model's corpus BLEU.")
+    adapter_rouge_l: float | None = Field(default=None, description="Adapter's ROUGE-L F.")
+    base_rouge_l: float | None = Field(default=None, description="Base model's ROUGE-L F.")
+    bits_per_byte: float | None = Field(
+        default=None, description="Adapter's bits per byte on the evaluated dataset."
+    )
+
+    @classmethod
+    def of(cls, report: EvaluationReport) -> EvaluationSummary:
+        return cls(
+            samples=len(report.answers),
+            adapter_bleu=report.adapter_bleu,
+            base_bleu=report.base_bleu,
+            adapter_rouge_l=report.adapter_rouge_l,
+            base_rouge_l=report.base_rouge_l,
+            bits_per_byte=report.bits_per_byte,
+        )
 
 
 class Artifacts(StatusModel):
@@ -977,6 +1074,9 @@ class Artifacts(StatusModel):
     run: str | None = Field(default=None, description="The run directory.")
     adapter: str | None = Field(default=None, description="The trained LoRA adapter.")
     report: str | None = Field(default=None, description="The HTML benchmark report.")
+    merged: str | None = Field(
+        default=None, description="The merged model (promotion.export: merged)."
+    )
     last_checkpoint: str | None = Field(default=None, description="Newest complete checkpoint.")
 
 
@@ -1032,6 +1132,12 @@ class FineTuneJobStatus(StatusModel):
     progress: Progress | None = Field(default=None, description="Training progress.")
     metrics: Metrics | None = Field(default=None, description="Training metrics.")
     benchmark: BenchmarkReport | None = Field(default=None, description="Benchmark summary.")
+    evaluation: EvaluationSummary | None = Field(
+        default=None,
+        description="Bits per byte on the evaluated dataset, and BLEU and ROUGE-L of the "
+        "review answers (base model and adapter) against the references, from "
+        "report/evaluation.json.",
+    )
     artifacts: Artifacts | None = Field(default=None, description="Artifact URIs.")
     promoted_model: str | None = Field(default=None, description="URI of the promoted copy.")
     gpu_memory_gib: float | None = Field(

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 from finetune_core.api import (
     BenchmarkReport,
+    EvaluationReport,
     Metrics,
     ProfileResult,
+    PromotionSpec,
     Reason,
     ResolvedSpec,
 )
@@ -164,6 +166,39 @@ def quality_problems(
     return Reason.NO_IMPROVEMENT, problems
 
 
+def overlap_problems(
+    evaluation: EvaluationReport | None, promotion: PromotionSpec
+) -> tuple[str, list[str]]:
+    """(reason, problems) for promotion.minBleu and promotion.minRougeL: the adapter's scores
+    on the review answers (report/evaluation.json) must reach them. A threshold whose figure
+    is missing (no evaluation.json, no review answers) is not met."""
+    checks = [
+        ("minBleu", "BLEU", promotion.min_bleu, evaluation.adapter_bleu if evaluation else None),
+        (
+            "minRougeL",
+            "ROUGE-L",
+            promotion.min_rouge_l,
+            evaluation.adapter_rouge_l if evaluation else None,
+        ),
+    ]
+    missing, low = [], []
+    for field_name, label, threshold, value in checks:
+        if threshold is None:
+            continue
+        value = _finite(value)
+        if value is None:
+            missing.append(
+                f"promotion.{field_name} {threshold:g}: the run has no {label} of the adapter's "
+                "review answers (report/evaluation.json; evaluation.samples must be above 0)"
+            )
+        elif value < threshold:
+            low.append(
+                f"the adapter's {label} {value:.4g} is below promotion.{field_name} {threshold:g}"
+            )
+    reason = Reason.MISSING_METRICS if missing else Reason.REVIEW_SCORES_LOW
+    return reason, missing + low
+
+
 def sla_summary(report: BenchmarkReport, spec: ResolvedSpec) -> str:
     percentile = spec.benchmark.percentile
     results = {result.name: result for result in report.profiles}
@@ -184,10 +219,13 @@ def judge(
     champion: CurrentAlias | None,
     *,
     version: str | None = None,
+    evaluation: EvaluationReport | None = None,
 ) -> Verdict:
     """Promote only when every SLA profile met its limit and, with
     promotion.requireImprovement, the adapter's eval loss beats the base model's and the
-    champion's (a champion without a recorded eval loss is not compared).
+    champion's (a champion without a recorded eval loss is not compared), and, with
+    promotion.minBleu / minRougeL, the adapter's review answers score at least that
+    (`evaluation`: report/evaluation.json).
 
     `version` is the candidate's promoted name (RunPaths.version): a champion with the same
     version is the candidate itself, already promoted, and is not a rival.
@@ -199,6 +237,10 @@ def judge(
         if quality and not problems:
             reason = quality_reason
         problems += quality
+    overlap_reason, overlap = overlap_problems(evaluation, spec.promotion)
+    if overlap and not problems:
+        reason = overlap_reason
+    problems += overlap
     if problems:
         return Verdict(False, reason, "; ".join(problems), tuple(problems))
     if not spec.benchmark.sla:  # the API refuses it; a gate with nothing to measure fails
@@ -208,4 +250,8 @@ def judge(
         message += f"; eval loss {loss(metrics.eval_loss)} improves on the base model"
         if champion is not None and champion.eval_loss is not None and champion.version != version:
             message += f" and {champion.version}'s"
+    if evaluation is not None and spec.promotion.min_bleu is not None:
+        message += f"; BLEU {evaluation.adapter_bleu:.4g} >= {spec.promotion.min_bleu:g}"
+    if evaluation is not None and spec.promotion.min_rouge_l is not None:
+        message += f"; ROUGE-L {evaluation.adapter_rouge_l:.4g} >= {spec.promotion.min_rouge_l:g}"
     return Verdict(True, Reason.SLA_MET, message)

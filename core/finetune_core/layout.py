@@ -2,7 +2,8 @@
 
 The layout is a contract between the operator, the pods and users browsing the bucket:
     runs/<namespace>/<name>/g<generation>/{config,progress,metrics,error}.json
-    runs/.../checkpoints/step-<N>/   adapter/   report/benchmark.json   report/index.html
+    runs/.../checkpoints/step-<N>/   adapter/   merged/   report/benchmark.json
+    runs/.../report/evaluation.json   report/index.html
     runs/.../report/rounds/<k>/      every benchmark round's report (report/ is the latest)
     models/<namespace>/<alias>/<name>-g<generation>/   models/<namespace>/<alias>/current.json
     tournaments/<namespace>/<name>/g<generation>/report/{leaderboard.json,index.html}
@@ -117,11 +118,6 @@ class RunPaths:
         return f"{self.report}/benchmark.json"
 
     @property
-    def evaluation(self) -> str:
-        """report/evaluation.json: the adapter evaluated on held-out data."""
-        return f"{self.report}/evaluation.json"
-
-    @property
     def report_html(self) -> str:
         return f"{self.report}/index.html"
 
@@ -132,6 +128,17 @@ class RunPaths:
     def round_benchmark_report(self, round: int) -> str:
         """A round's benchmark.json, written last: once it exists, the round is complete."""
         return f"{self.round_report(round)}/benchmark.json"
+
+    @property
+    def evaluation(self) -> str:
+        """report/evaluation.json: held-out loss, bits per byte, review answers and scores."""
+        return f"{self.report}/evaluation.json"
+
+    @property
+    def merged(self) -> str:
+        """The base model with the adapter merged (promotion.export: merged), safetensors in
+        the Hugging Face layout, written by the benchmark stage."""
+        return f"{self.prefix}/merged"
 
     def superseded(self, uid: str) -> str:
         """Where a run directory written for another object of the same name (deleted and

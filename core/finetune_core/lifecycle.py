@@ -35,6 +35,8 @@ from finetune_core.api import (
     Artifacts,
     BenchmarkReport,
     Condition,
+    EvaluationReport,
+    EvaluationSummary,
     FineTuneJobStatus,
     Metrics,
     Phase,
@@ -252,6 +254,7 @@ class Reads:
     progress: bool = False
     metrics: bool = False
     report: bool = False
+    evaluation: bool = False  # report/evaluation.json (review scores, bits per byte)
     error: bool = False
     checkpoints: bool = False
     champion: AliasPaths | None = None  # the alias whose current version to read
@@ -277,7 +280,7 @@ def reads(state: RunState) -> Reads:
             return Reads(progress=True, metrics=True, checkpoints=True)
         case Step.BENCHMARKED | Step.APPROVED:
             alias = alias_of(state.resolved, state.namespace)
-            return Reads(metrics=True, report=True, champion=alias)
+            return Reads(metrics=True, report=True, evaluation=True, champion=alias)
         case Step.BENCHMARK_FAILED:
             return Reads(error=True, failed_stage="benchmark")
         case Step.TRAINING_STAGE_LOST:
@@ -310,6 +313,7 @@ class RunFiles:
     progress: Progress | None = None
     metrics: Metrics | None = None
     report: BenchmarkReport | None = None
+    evaluation: EvaluationReport | None = None
     error: ErrorReport | None = None
     champion: CurrentAlias | None = None
     last_checkpoint: str | None = None  # URI
@@ -647,6 +651,7 @@ def _new_run_fields(s: RunState, obs: Observation, at: str) -> dict[str, Any]:
         "progress": None,
         "metrics": None,
         "benchmark": None,
+        "evaluation": None,
         "artifacts": _wire(Artifacts(run=obs.run_uri)),
         "promotedModel": None,
         "sla": None,
@@ -805,13 +810,24 @@ def _gate(s: RunState, obs: Observation, at: str) -> Decision:
             "benchmark failed: the Job succeeded but report/benchmark.json is missing",
         )
     spec = s.resolved
-    verdict = gate.judge(report, spec, metrics, obs.files.champion, version=s.paths.version)
+    evaluation = obs.files.evaluation
+    verdict = gate.judge(
+        report,
+        spec,
+        metrics,
+        obs.files.champion,
+        version=s.paths.version,
+        evaluation=evaluation,
+    )
     artifacts = _artifacts(s, obs).model_copy(update={"report": f"{obs.run_uri}/report/index.html"})
+    if "merged" in spec.promotion.export:
+        artifacts = artifacts.model_copy(update={"merged": f"{obs.run_uri}/merged"})
     fields = {
         "benchmark": _wire(report),
         "sla": "Passed" if verdict.passed else "Failed",
         "artifacts": _wire(artifacts),
         "metrics": _wire(metrics),
+        "evaluation": _wire(EvaluationSummary.of(evaluation) if evaluation else None),
     }
     if not verdict.passed:
         return _move(

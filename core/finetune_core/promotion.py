@@ -1,5 +1,7 @@
-"""Promotion: copy a run's adapter and report to models/<namespace>/<alias>/<version>/ with a
-model card, then move the alias (`current.json` beside them) to it.
+"""Promotion: copy a run's adapter (and, with promotion.export: merged, the merged model) and
+report to models/<namespace>/<alias>/<version>/ with a model card, then move the alias
+(`current.json` beside them) to it. Only objects are copied: the merged weights are written
+by the benchmark stage, which has torch; the operator never loads a model.
 
 The alias is written last, with a conditional write (compare-and-swap on its version), so a
 reader that follows it never finds a half-copied model, two promotions to the same alias
@@ -15,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from finetune_core import gate
-from finetune_core.api import BenchmarkReport, Metrics, ResolvedSpec
+from finetune_core.api import BenchmarkReport, EvaluationReport, Metrics, ResolvedSpec
 from finetune_core.clock import timestamp
 from finetune_core.gate import percentile_of
 from finetune_core.layout import AliasPaths, CurrentAlias, RunPaths, alias_of
@@ -71,16 +73,20 @@ def model_card(
     uri: str,
     metrics: Metrics | None,
     report: BenchmarkReport | None,
+    evaluation: EvaluationReport | None = None,
 ) -> str:
-    """README.md of a promoted model: what it is, what it was trained on and how, how it did."""
+    """README.md of a promoted model: what it is, what it was trained on and how, how it did,
+    and how to serve it."""
     metrics = metrics or Metrics()
+    merged = "merged" in spec.promotion.export
     lines = [
         f"# {run.version}",
         "",
         f"LoRA adapter for `{spec.model_id}`, fine-tuned by the FineTuneJob "
-        f"`{run.namespace}/{run.name}` (generation {run.generation}).",
+        f"`{run.namespace}/{run.name}` (generation {run.generation})"
+        + (", and the base model with the adapter merged into its weights." if merged else "."),
         "",
-        f"- Location: `{uri}`",
+        f"- Location: `{uri}` (`adapter/`" + (", `merged/`" if merged else "") + ", `report/`)",
         f"- Base model: `{spec.model_id}`" + (f" (preset `{spec.preset}`)" if spec.preset else ""),
         f"- Dataset: `{spec.dataset.uri}`",
         f"- Dataset sha256: `{metrics.dataset_sha256 or 'n/a'}`",
@@ -145,7 +151,89 @@ def model_card(
                 "pass" if p.passed else "fail",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += _evaluation_lines(evaluation)
+    lines += serving_lines(run, spec, uri)
     return "\n".join(lines) + "\n"
+
+
+def _evaluation_lines(evaluation: EvaluationReport | None) -> list[str]:
+    if evaluation is None:
+        return []
+    lines = [
+        "",
+        "## Held-out evaluation",
+        "",
+        f"On `{evaluation.dataset}`: eval loss {_number(evaluation.eval_loss)}, perplexity "
+        f"{_number(evaluation.perplexity)}, {_number(evaluation.bits_per_byte)} bits per byte.",
+    ]
+    if evaluation.answers:
+        lines += [
+            "",
+            f"Review answers ({len(evaluation.answers)} validation prompts, greedy; the report "
+            "shows them side by side):",
+            "",
+            "| | BLEU | ROUGE-L |",
+            "|---|---|---|",
+            f"| Adapter | {_number(evaluation.adapter_bleu, '.2f')} | "
+            f"{_number(evaluation.adapter_rouge_l, '.3f')} |",
+            f"| Base model | {_number(evaluation.base_bleu, '.2f')} | "
+            f"{_number(evaluation.base_rouge_l, '.3f')} |",
+        ]
+    return lines
+
+
+# The ranks vLLM's --max-lora-rank accepts.
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The smallest --max-lora-rank vLLM accepts that holds an adapter of rank r."""
+    return next((rank for rank in VLLM_LORA_RANKS if rank >= r), r)
+
+
+def serving_lines(run: RunPaths, spec: ResolvedSpec, uri: str) -> list[str]:
+    """How to serve the promoted model with vLLM and with Text Generation Inference: the
+    adapter as a LoRA over the base model, and (promotion.export: merged) the merged model.
+    Both servers load from a local directory, so the commands start by copying it there."""
+    name, rank = run.version, vllm_lora_rank(spec.lora_r)
+    lines = [
+        "",
+        "## Serving",
+        "",
+        "Copy the model out of the store first (any S3 client; with MinIO add "
+        "`--endpoint-url http://<minio>:9000`):",
+        "",
+        "```sh",
+        f"aws s3 cp --recursive {uri}/ ./{name}/",
+        "```",
+        "",
+        "The adapter as a LoRA over the base model, with vLLM and with Text Generation "
+        "Inference (on AMD GPUs use the `-rocm` TGI image and pass "
+        "`--device /dev/kfd --device /dev/dri` instead of `--gpus all`):",
+        "",
+        "```sh",
+        f"vllm serve {spec.model_id} --enable-lora --max-lora-rank {rank} \\",
+        f"  --lora-modules {name}=./{name}/adapter",
+        f"docker run --gpus all --shm-size 1g -p 8080:80 -v $PWD/{name}:/data \\",
+        "  ghcr.io/huggingface/text-generation-inference:latest \\",
+        f"  --model-id {spec.model_id} --lora-adapters {name}=/data/adapter",
+        "```",
+        "",
+        f'Requests name the adapter: `"model": "{name}"` (vLLM\'s OpenAI API) or '
+        f'`"parameters": {{"adapter_id": "{name}"}}` (TGI).',
+    ]
+    if "merged" in spec.promotion.export:
+        lines += [
+            "",
+            "The merged model (safetensors, Hugging Face layout), served like any model:",
+            "",
+            "```sh",
+            f"vllm serve ./{name}/merged --served-model-name {name}",
+            f"docker run --gpus all --shm-size 1g -p 8080:80 -v $PWD/{name}:/data \\",
+            "  ghcr.io/huggingface/text-generation-inference:latest --model-id /data/merged",
+            "```",
+        ]
+    return lines
 
 
 def _perplexity(eval_loss: float | None) -> float | None:
@@ -195,11 +283,17 @@ def promote(
     target = alias.version_dir(named)
     if not store.copy_prefix(run.adapter, f"{target}/adapter"):
         raise PromotionError(f"no adapter to promote at {store.uri(run.adapter)}")
+    if "merged" in spec.promotion.export and not store.copy_prefix(run.merged, f"{target}/merged"):
+        raise PromotionError(
+            f"promotion.export asks for merged, but there is no merged model at "
+            f"{store.uri(run.merged)} (the benchmark stage writes it)"
+        )
     store.copy_prefix(run.report, f"{target}/report")
     uri = store.uri(target)
     metrics = read_model_if_valid(store, run.metrics, Metrics)
     report = read_model_if_valid(store, run.benchmark_report, BenchmarkReport)
-    card = model_card(run, spec, uri, metrics, report).replace(
+    evaluation = read_model_if_valid(store, run.evaluation, EvaluationReport)
+    card = model_card(run, spec, uri, metrics, report, evaluation).replace(
         f"# {run.version}\n", f"# {named}\n", 1
     )
     card += card_extra
@@ -209,7 +303,9 @@ def promote(
         if champion is not None and named in _versions(champion):
             return uri  # promoted before (a retry): never displace what came since
         if report is not None:
-            verdict = gate.judge(report, spec, metrics, champion, version=named)
+            verdict = gate.judge(
+                report, spec, metrics, champion, version=named, evaluation=evaluation
+            )
             if not verdict.passed:
                 raise ChampionChanged(verdict)
         moved = next_alias(

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from finetune_core.api import BenchmarkReport, Metrics, Progress, RunConfig
+from finetune_core.api import BenchmarkReport, EvaluationReport, Metrics, Progress, RunConfig
 from finetune_core.layout import (
     AliasPaths,
     CurrentAlias,
@@ -104,7 +104,7 @@ def read_run_files(
     """Everything `want` names, read in one go (blocking: the operator runs it in a thread).
     A run directory written for another object `uid` holds nothing of this run's."""
     dataset_missing = dataset_missing_at(want.dataset, endpoint) if want.dataset else False
-    wants_run_files = want.progress or want.metrics or want.report or want.error
+    wants_run_files = want.progress or want.metrics or want.report or want.evaluation or want.error
     if (wants_run_files or want.checkpoints or want.finished) and written_for_another(
         store, run, uid
     ):
@@ -117,6 +117,13 @@ def read_run_files(
         progress=read_model_if_valid(store, run.progress, Progress) if want.progress else None,
         metrics=metrics,
         report=report,
+        # Optional (a benchmark written before it existed has none): unusable is absent, and
+        # a gate threshold that needs it says the figure is missing.
+        evaluation=(
+            read_model_if_valid(store, run.evaluation, EvaluationReport)
+            if want.evaluation
+            else None
+        ),
         invalid=tuple(invalid),
         error=read_model_if_valid(store, run.error, ErrorReport) if want.error else None,
         champion=champion(store, want.champion) if want.champion else None,

@@ -145,7 +145,9 @@ def _convert(node: Schema, defs: dict[str, Schema], path: str) -> Schema:
         elif key == "description":
             out[key] = " ".join(value.split())
         elif key in _ORDER:
-            out[key] = value
+            # A copy: a model used by two fields (DatasetSpec) must not share its lists, or
+            # the YAML would carry anchors and aliases.
+            out[key] = copy.deepcopy(value)
         else:
             raise ValueError(f"{path}: {key!r} has no structural equivalent")
     if "type" not in out:

@@ -3,7 +3,8 @@ the files the real stage writes for a scenario and exits as the real stage would
 
     python -m tests.support.scripted_stage SCENARIO STAGE --run URI
 
-Scenarios: `passes` (trained; every SLA met), `slow-answer` (the answer profile's p95 is
+Scenarios: `passes` (trained; every SLA met), `passes-merged` (the same, and the merged
+model for promotion.export: merged), `slow-answer` (the answer profile's p95 is
 7.25 s against its 6 s limit), `bad-dataset` (training fails on line 2 of the dataset,
 exit code 3, as the trainer does), `slow-then-fast` (round 1 of the benchmark is slow as in
 `slow-answer`, a re-benchmark round meets every SLA). The benchmark round comes from
@@ -20,7 +21,7 @@ from finetune_core.layout import ROUND_ENV, RunPaths
 from finetune_core.store import open_run
 from tests.support import stage_files
 
-SCENARIOS = ("passes", "slow-answer", "bad-dataset", "slow-then-fast")
+SCENARIOS = ("passes", "passes-merged", "slow-answer", "bad-dataset", "slow-then-fast")
 BAD_LINE = "line 2: expected a JSON object with a 'messages' list"
 
 
@@ -42,6 +43,8 @@ def play(scenario: str, stage: str, run_uri: str, round: int | None = None) -> i
     stage_files.benchmarked(store, run, answer_p95=7.25 if slow else 2.5, round=round)
     if loss:
         stage_files.evaluated(store, run, eval_loss, bits_per_byte=eval_loss / 4)
+    if scenario == "passes-merged":
+        stage_files.merged(store, run)
     return EXIT_OK
 
 

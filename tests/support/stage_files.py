@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import math
 
-from finetune_core.api import BenchmarkReport, EvaluationReport, Metrics, ProfileResult, Progress
+from finetune_core.api import (
+    BenchmarkReport,
+    EvaluationReport,
+    Metrics,
+    ProfileResult,
+    Progress,
+    ReviewAnswer,
+)
 from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, ErrorReport, RunPaths
 from finetune_core.store import ArtifactStore
 
@@ -55,8 +62,9 @@ def _profile(name: str, tokens: int, limit: float, p95: float) -> ProfileResult:
 def benchmarked(
     store: ArtifactStore, run: RunPaths, answer_p95: float = 2.5, round: int = 1
 ) -> None:
-    """What `finetune benchmark [--round K]` leaves: report/benchmark.json and the HTML
-    report, and the same under report/rounds/<K>/."""
+    """What `finetune benchmark [--round K]` leaves: report/evaluation.json,
+    report/benchmark.json and the HTML report, and the report under report/rounds/<K>/."""
+    evaluated(store, run)
     profiles = [_profile("question", 48, 10, 3.5), _profile("answer", 24, 6, answer_p95)]
     report = BenchmarkReport(
         passed=all(p.passed for p in profiles), percentile=95, device="cpu", profiles=profiles
@@ -68,6 +76,12 @@ def benchmarked(
     store.put_json(run.round_benchmark_report(round), report.to_wire())
 
 
+def merged(store: ArtifactStore, run: RunPaths) -> None:
+    """The merged model the benchmark stage writes for promotion.export: merged."""
+    store.put_json(f"{run.merged}/config.json", {"model_type": "llama"})
+    store.put_bytes(f"{run.merged}/model.safetensors", b"merged weights")
+
+
 def failed(store: ArtifactStore, run: RunPaths, stage: str, reason: str, message: str) -> None:
     error = ErrorReport.model_validate({"stage": stage, "reason": reason, "message": message})
     store.put_json(run.error, error.to_wire())
@@ -76,15 +90,24 @@ def failed(store: ArtifactStore, run: RunPaths, stage: str, reason: str, message
 def evaluated(
     store: ArtifactStore,
     run: RunPaths,
-    eval_loss: float,
-    bits_per_byte: float,
+    eval_loss: float = 1.25,
+    bits_per_byte: float = 0.875,
     dataset: str = "validation split",
 ) -> None:
-    """What `finetune benchmark` leaves beside benchmark.json: report/evaluation.json."""
+    """What `finetune benchmark` leaves beside benchmark.json: report/evaluation.json, with
+    one review answer and its scores."""
+    answer = ReviewAnswer(
+        prompt="What is pip?", reference="The package installer.", base="A tool.", adapter="pip."
+    )
     report = EvaluationReport(
         dataset=dataset,
         eval_loss=eval_loss,
         perplexity=math.exp(eval_loss),
         bits_per_byte=bits_per_byte,
+        base_bleu=1.5,
+        adapter_bleu=6.25,
+        base_rouge_l=0.125,
+        adapter_rouge_l=0.25,
+        answers=[answer],
     )
     store.put_json(run.evaluation, report.to_wire())

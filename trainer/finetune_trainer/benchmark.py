@@ -1,12 +1,15 @@
 """`finetune benchmark --run URI`: measure a run's adapter against its latency SLA.
 
-The recipe: read config.json; load each profile's prompts (prompts.py); load the adapter the
-way it would be served (modeling.load_for_inference with the process's backend; merged when
-benchmark.mergeAdapter); for each profile warm up until latency is stable and measure until
-the sequential SLA decision is made (timing.measure_until asking finetune_core.sampling);
+The recipe: read config.json; load each profile's prompts (prompts.py); load the adapter
+(modeling.load_for_inference with the process's backend); evaluate it on held-out chats and
+answer review prompts with and without it (evaluation.py, report/evaluation.json); merge it
+into the weights when benchmark.mergeAdapter, as it would be served; for each profile
+warm up until latency is stable and measure until the sequential SLA decision is made
+(timing.measure_until asking finetune_core.sampling);
 summarise the samples with the confidence bounds and the verdict's basis (latency.py); gate
-(finetune_core.gate); write the report (report.py) and, last, report/benchmark.json, so a
-reader that finds benchmark.json finds a whole report.
+(finetune_core.gate, with the review scores); write the report (report.py); with
+promotion.export: merged, write the merged model to the run's merged/ (export.py); and,
+last, report/benchmark.json, so a reader that finds benchmark.json finds a whole report.
 
 stdout carries one JSON line per sample ({"profile", "sample"} or {"profile", "warmup"}) for
 progress displays. Exit codes (finetune_core.exit_codes): EXIT_OK when the measurement
@@ -99,29 +102,45 @@ def run_benchmark(
     from finetune_trainer.backend import select_backend
 
     select_backend()  # before anything imports transformers (unsloth patches it)
+    from finetune_trainer.evaluation import evaluate, read_held_out
+    from finetune_trainer.modeling import merge_adapter
+
     spec = config.spec
     prompts = load_prompts(spec, workdir)
-    loaded = load_adapter(store, run, config, workdir / "adapter")
+    held_out = read_held_out(spec, workdir)  # every line checked before a model is loaded
+    adapter_dir = workdir / "adapter"
+    loaded = load_adapter(store, run, config, adapter_dir)
+    # Before any merge: the base model's review answers need the adapter disabled.
+    evaluation = evaluate(spec, loaded, held_out)
+    store.put_json(run.evaluation, evaluation.to_wire())
+    if spec.benchmark.merge_adapter:
+        loaded = merge_adapter(spec, loaded)
     measured = [
         measure_profile(loaded, profile, prompts[profile.name], spec.benchmark)
         for profile in spec.benchmark.sla
     ]
     metrics = read_model(store, run.metrics, Metrics)
     report = benchmark_report(config, loaded, measured, metrics)
+    del loaded  # the merged export below loads its own copy of the weights
     verdict = judge(
         report,
         spec,
         metrics,
         read_champion(store, alias_of(spec, run.namespace)),
         version=run.version,
+        evaluation=evaluation,
     )
     report.passed, report.reasons = verdict.passed, list(verdict.problems)
     try:
         loss_chart: bytes | None = store.get_bytes(f"{run.report}/loss.png")
     except NotFound:
         loss_chart = None
-    inputs = ReportInputs(run, config, report, verdict, measured, metrics, loss_chart)
+    inputs = ReportInputs(run, config, report, verdict, measured, metrics, loss_chart, evaluation)
     write_report(store, inputs, workdir / "report")
+    if "merged" in spec.promotion.export:
+        from finetune_trainer.export import export_merged
+
+        export_merged(store, run, spec, adapter_dir, workdir)
     store.put_json(run.benchmark_report, report.to_wire())  # last: the report is complete
     keep_round(store, run, round, workdir / "report", report)
     return report
@@ -142,13 +161,12 @@ def keep_round(
 def load_adapter(
     store: ArtifactStore, run: RunPaths, config: RunConfig, adapter_dir: Path
 ) -> LoadedModel:
-    """The base model with the run's adapter, as it would be served."""
+    """The base model with the run's adapter (not merged yet: see run_benchmark)."""
     from finetune_trainer.modeling import load_for_inference
 
     if not store.download_dir(run.adapter, adapter_dir):
         raise invalid_input("AdapterMissing", f"no adapter at {store.uri(run.adapter)}")
-    spec = config.spec
-    loaded = load_for_inference(spec, adapter_dir, merge=spec.benchmark.merge_adapter)
+    loaded = load_for_inference(config.spec, adapter_dir)
     log.info("measuring on %s with %s (%s)", loaded.device, loaded.backend, loaded.dtype)
     return loaded
 

@@ -164,21 +164,42 @@ def load_for_inference(
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(loaded.model, str(adapter_dir))
-    if merge:
-        if spec.load_in_4bit and loaded.device != "cpu":  # 4-bit only loads on a GPU
-            log.warning(
-                "merging an adapter into 4-bit weights rounds it; latency is what is "
-                "measured, but generations may differ slightly"
-            )
-        model = model.merge_and_unload()
     model.eval()
     if loaded.backend == "unsloth":
         from unsloth import FastLanguageModel
 
         FastLanguageModel.for_inference(model)
-    tokenizer = loaded.tokenizer
-    if (adapter_dir / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
+    with_adapter = LoadedModel(
+        model, adapter_tokenizer(adapter_dir, loaded.tokenizer), *_how(loaded)
+    )
+    return merge_adapter(spec, with_adapter) if merge else with_adapter
 
-        tokenizer = with_pad_token(AutoTokenizer.from_pretrained(str(adapter_dir)))
-    return LoadedModel(model, tokenizer, loaded.backend, loaded.device, loaded.dtype)
+
+def _how(loaded: LoadedModel) -> tuple[Backend, str, str]:
+    return loaded.backend, loaded.device, loaded.dtype
+
+
+def adapter_tokenizer(adapter_dir: Path, fallback: Any) -> Any:
+    """The tokenizer (and chat template) saved with the adapter; `fallback` without one."""
+    if not (adapter_dir / "tokenizer_config.json").is_file():
+        return fallback
+    from transformers import AutoTokenizer
+
+    return with_pad_token(AutoTokenizer.from_pretrained(str(adapter_dir)))
+
+
+def merge_adapter(spec: ResolvedSpec, loaded: LoadedModel) -> LoadedModel:
+    """The adapter merged into the weights in place (benchmark.mergeAdapter), as a server
+    that merges it would run the model."""
+    if spec.load_in_4bit and loaded.device != "cpu":  # 4-bit only loads on a GPU
+        log.warning(
+            "merging an adapter into 4-bit weights rounds it; latency is what is "
+            "measured, but generations may differ slightly"
+        )
+    model = loaded.model.merge_and_unload()
+    model.eval()
+    if loaded.backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+    return LoadedModel(model, loaded.tokenizer, *_how(loaded))

@@ -17,7 +17,14 @@ import jinja2
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from finetune_core.api import ApiModel, BenchmarkReport, Metrics, RunConfig, SlaProfile
+from finetune_core.api import (
+    ApiModel,
+    BenchmarkReport,
+    EvaluationReport,
+    Metrics,
+    RunConfig,
+    SlaProfile,
+)
 from finetune_core.gate import BASIS_WORDS, Verdict, interval_of, percentile_of
 from finetune_core.layout import RunPaths
 from finetune_core.sampling import percentile
@@ -101,6 +108,7 @@ class ReportInputs:
     samples: list[ProfileSamples]
     metrics: Metrics | None
     loss_chart: bytes | None  # the trainer's report/loss.png
+    evaluation: EvaluationReport | None = None  # report/evaluation.json
 
 
 # ---------------------------------------------------------------- charts
@@ -228,6 +236,7 @@ def render_html(inputs: ReportInputs, histograms: dict[str, bytes]) -> str:
         metrics=inputs.metrics or Metrics(),
         loss_chart=data_uri(inputs.loss_chart) if inputs.loss_chart else None,
         configuration=flatten(inputs.config.spec.to_wire()),
+        evaluation=inputs.evaluation,
     )
 
 

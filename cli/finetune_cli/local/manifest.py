@@ -49,12 +49,19 @@ def localize(spec: FineTuneJobSpec, base: Path) -> FineTuneJobSpec:
         prompts, missing = _local_file(profile.prompts, base, field_path)
         problems += missing
         profiles.append(profile.model_copy(update={"prompts": prompts}))
+    evaluation = spec.evaluation
+    if evaluation.dataset is not None:
+        held_out, missing = _local_file(evaluation.dataset.uri, base, "spec.evaluation.dataset.uri")
+        problems += missing
+        dataset = evaluation.dataset.model_copy(update={"uri": held_out})
+        evaluation = evaluation.model_copy(update={"dataset": dataset})
     if problems:
         raise InvalidManifest(problems)
     return spec.model_copy(
         update={
             "dataset": spec.dataset.model_copy(update={"uri": dataset_uri}),
             "benchmark": spec.benchmark.model_copy(update={"sla": profiles}),
+            "evaluation": evaluation,
         }
     )
 

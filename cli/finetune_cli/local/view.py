@@ -9,7 +9,14 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from finetune_core.api import BenchmarkReport, BenchmarkSpec, Cost, FineTuneJobStatus, Metrics
+from finetune_core.api import (
+    BenchmarkReport,
+    BenchmarkSpec,
+    Cost,
+    EvaluationSummary,
+    FineTuneJobStatus,
+    Metrics,
+)
 from finetune_core.exit_codes import EXIT_FAILED, EXIT_OK
 from finetune_core.gate import BASIS_WORDS, interval_of, percentile_of, profile_verdict
 from finetune_core.layout import model_key
@@ -130,6 +137,25 @@ def metrics_table(metrics: Metrics) -> Table:
     return table
 
 
+def evaluation_table(evaluation: EvaluationSummary) -> Table:
+    """Bits per byte on the held-out chats, and the review answers' scores, adapter first."""
+    table = Table(title="Evaluation", title_justify="left", show_header=False)
+    table.add_column("Metric")
+    table.add_column("Value", justify="right")
+    table.add_row("bits per byte", _number(evaluation.bits_per_byte))
+    if evaluation.samples:
+        table.add_row(
+            f"BLEU ({evaluation.samples} answers)",
+            f"{_number(evaluation.adapter_bleu, 2)} (base {_number(evaluation.base_bleu, 2)})",
+        )
+        table.add_row(
+            "ROUGE-L",
+            f"{_number(evaluation.adapter_rouge_l, 3)} "
+            f"(base {_number(evaluation.base_rouge_l, 3)})",
+        )
+    return table
+
+
 def run_details(store: ArtifactStore, snapshot: RunSnapshot) -> RenderableType:
     """Everything about one run: phase, message, progress, metrics, SLA, artifacts."""
     run, status = snapshot.paths, snapshot.status
@@ -147,6 +173,8 @@ def run_details(store: ArtifactStore, snapshot: RunSnapshot) -> RenderableType:
         parts.append(Text(done))
     if status.metrics is not None:
         parts.append(metrics_table(status.metrics))
+    if status.evaluation is not None:
+        parts.append(evaluation_table(status.evaluation))
     if status.benchmark is not None:
         parts.append(sla_table(status.benchmark, snapshot.config.spec.benchmark))
     places = Table.grid(padding=(0, 2))
@@ -158,6 +186,8 @@ def run_details(store: ArtifactStore, snapshot: RunSnapshot) -> RenderableType:
         places.add_row("adapter", artifacts.adapter)
     if artifacts is not None and artifacts.report:
         places.add_row("report", artifacts.report)
+    if artifacts is not None and artifacts.merged:
+        places.add_row("merged", artifacts.merged)
     if artifacts is not None and artifacts.last_checkpoint and status.phase == "Training":
         places.add_row("checkpoint", artifacts.last_checkpoint)
     if status.promoted_model:

@@ -53,6 +53,10 @@ SCENARIOS = {
     "passed": Scenario("passes", "Passed", {"promotion": {"policy": "none"}}),
     "approved": Scenario("passes", "AwaitingApproval", {"promotion": {"policy": "manual"}}, True),
     "rebenchmarked": Scenario("slow-then-fast", "Rejected", rebenchmark=True),
+    "review-score-low": Scenario("passes", "Rejected", {"promotion": {"minBleu": 50}}),
+    "merged": Scenario(
+        "passes-merged", "Promoted", {"promotion": {"export": ["adapter", "merged"]}}
+    ),
 }
 
 
@@ -139,6 +143,8 @@ async def test_the_operator_and_finetune_run_reach_the_same_status(
     assert comparable(local, str((tmp_path / "store").resolve())) == in_cluster
     regated = scenario.approve or scenario.rebenchmark
     assert in_cluster["phase"] == ("Promoted" if regated else scenario.settles_in)
+    if scenario.script != "bad-dataset":  # benchmarked: evaluation.json's figures
+        assert in_cluster["evaluation"]["adapterBleu"] == 6.25
     assert {c["type"]: c["status"] for c in in_cluster["conditions"]} == {
         "Ready": "True" if in_cluster["phase"] in ("Promoted", "Passed") else "False",
         "Reconciling": "False",

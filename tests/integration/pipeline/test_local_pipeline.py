@@ -19,7 +19,14 @@ import pytest
 from pydantic import BaseModel
 
 from finetune_cli.local.executor import approve_run
-from finetune_core.api import BenchmarkReport, FineTuneJobStatus, Metrics, Progress
+from finetune_core.api import (
+    BenchmarkReport,
+    EvaluationReport,
+    EvaluationSummary,
+    FineTuneJobStatus,
+    Metrics,
+    Progress,
+)
 from finetune_core.gate import BASIS_WORDS
 from finetune_core.layout import CHECKPOINT_COMPLETE_MARKER, CurrentAlias, RunPaths
 from finetune_core.store import ArtifactStore, LocalStore, S3Store
@@ -101,6 +108,16 @@ def test_promoted_run_writes_the_contract_tree(promoted: Finished) -> None:
     assert status.artifacts.report == store.uri(RUN.report_html)
     assert status.metrics == read(store, RUN.metrics, Metrics)
 
+    # The benchmark stage's held-out evaluation and review answers, summed up in the status.
+    evaluation = read(store, RUN.evaluation, EvaluationReport)
+    assert evaluation.dataset == "validation split"
+    assert evaluation.bits_per_byte is not None and evaluation.bits_per_byte > 0
+    assert len(evaluation.answers) >= 1
+    assert status.evaluation == EvaluationSummary.of(evaluation)
+    assert status.evaluation.adapter_bleu is not None
+    assert f"models/{MODEL}/{RUN.version}/report/evaluation.json" in keys
+    assert 'class="review"' in store.get_bytes(RUN.report_html).decode()
+
 
 def test_summary_shows_the_measured_sla_table_and_metrics(promoted: Finished) -> None:
     output = promoted.result.stdout
@@ -129,6 +146,11 @@ def test_summary_shows_the_measured_sla_table_and_metrics(promoted: Finished) ->
     )
     assert table_row(output, "perplexity")[1] == (
         f"{metrics.perplexity:.2f} (base {math.exp(metrics.base_eval_loss):.2f})"
+    )
+    evaluation = read(promoted.store, RUN.evaluation, EvaluationReport)
+    assert table_row(output, "bits per byte")[1] == f"{evaluation.bits_per_byte:.4f}"
+    assert table_row(output, "ROUGE-L")[1] == (
+        f"{evaluation.adapter_rouge_l:.3f} (base {evaluation.base_rouge_l:.3f})"
     )
     assert "local/quickstart generation 1: Promoted" in output
     assert labelled(output, "promoted") == promoted.store.uri(f"models/{MODEL}/{RUN.version}")

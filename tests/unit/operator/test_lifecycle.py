@@ -436,7 +436,7 @@ def test_passing_benchmark_is_promoted_after_the_copy() -> None:
     obj = at_phase("Benchmarking")
     jobs = [job("train", outcome="succeeded"), job("benchmark", outcome="succeeded")]
     assert reads(obj, jobs) == Reads(
-        metrics=True, report=True, champion=AliasPaths("ml", "smollm2-135m")
+        metrics=True, report=True, evaluation=True, champion=AliasPaths("ml", "smollm2-135m")
     )
     first = benchmarked(obj, report=report(), metrics=METRICS)
     assert first == Decision(promote=True)
@@ -532,7 +532,7 @@ def test_manual_policy_waits_for_an_approval_of_its_generation() -> None:
     assert not settled(waiting)
     found = {"report": report(), "metrics": METRICS}
     assert reads(waiting, []) == Reads(
-        metrics=True, report=True, champion=AliasPaths("ml", "smollm2-135m")
+        metrics=True, report=True, evaluation=True, champion=AliasPaths("ml", "smollm2-135m")
     )
     assert decide(observe(waiting, **found), LATER) == Decision(promote=True)
     uri = "s3://finetune/models/ml/smollm2-135m/agent-g1"
