@@ -75,8 +75,8 @@ async def play(
     await cluster.job_succeeded(train)
     bench = (await cluster.wait_for_job(job, generation, "benchmark"))["metadata"]["name"]
     cluster.pod_benchmarked(run, answer_p95)
-    if bits_per_byte is not None:
-        stage_files.evaluated(cluster.store, run, eval_loss, bits_per_byte)
+    per_byte = eval_loss / 4 if bits_per_byte is None else bits_per_byte
+    stage_files.evaluated(cluster.store, run, eval_loss, per_byte)  # as the stage writes it
     await cluster.job_succeeded(bench)
     phase = "Passed" if answer_p95 <= 6 else "Rejected"
     return (await cluster.wait_for_phase(job, phase, generation))["phase"]
