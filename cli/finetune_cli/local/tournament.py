@@ -33,7 +33,7 @@ from rich.table import Table
 
 from finetune_cli.local.generations import choose_generation
 from finetune_cli.local.manifest import LOCAL_NAMESPACE, load_job, print_problems
-from finetune_cli.local.processes import POLL_SECONDS, Interruption
+from finetune_cli.local.processes import POLL_SECONDS, Interruption, die_with_parent
 from finetune_core.api import API_VERSION, KIND, EvaluationReport, StatusModel
 from finetune_core.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTED
 from finetune_core.layout import RunPaths
@@ -299,6 +299,7 @@ class TournamentRunner:
         with log.open("wb") as output:
             process = subprocess.Popen(
                 self.command(path, self.store_uri, self.endpoint),
+                preexec_fn=die_with_parent,  # a candidate never outlives its tournament
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

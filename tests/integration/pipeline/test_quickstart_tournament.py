@@ -16,7 +16,10 @@ from finetune_core.store import LocalStore, read_model_if_valid
 from tests.conftest import DEMO_DATASET, REPO
 from tests.integration.pipeline.runner import LIMIT_SECONDS, finetune
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(4000)]
+# Two candidates, each trained and benchmarked: twice a quickstart run, and more on a
+# loaded machine.
+RUN_TIMEOUT = 3600
 
 EXAMPLE = REPO / "manifests" / "examples" / "quickstart-tournament.yaml"
 
@@ -33,7 +36,8 @@ def test_the_quickstart_tournament_promotes_the_candidate_its_reports_rank_first
     manifest = tmp_path / "tournament.yaml"
     manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
 
-    result = finetune("run", str(manifest), "--store", str(tmp_path / "store"), cwd=tmp_path)
+    store_dir = str(tmp_path / "store")
+    result = finetune("run", str(manifest), "--store", store_dir, cwd=tmp_path, timeout=RUN_TIMEOUT)
     assert result.returncode == 0, result.stdout
 
     store = LocalStore(tmp_path / "store")
