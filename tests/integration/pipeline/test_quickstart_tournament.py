@@ -30,9 +30,14 @@ def test_the_quickstart_tournament_promotes_the_candidate_its_reports_rank_first
     doc = yaml.safe_load(EXAMPLE.read_text())
     template = doc["spec"]["template"]
     template["dataset"]["uri"] = str(DEMO_DATASET)
-    # The test checks the tournament, not this machine's speed: limits a loaded CI runner meets.
+    # The test checks the tournament, not this machine's speed: limits a loaded CI runner
+    # meets, and the smallest run that still trains, evaluates and measures each candidate.
     for profile in template["benchmark"]["sla"]:
         profile["maxLatencySeconds"] = LIMIT_SECONDS
+        profile["maxNewTokens"] = 8
+    template["training"].update(maxSteps=4, saveSteps=4)
+    template["benchmark"].update(samples=3, maxSamples=3, warmup=1)
+    template["evaluation"] = {"samples": 1}
     manifest = tmp_path / "tournament.yaml"
     manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
 
