@@ -754,7 +754,10 @@ def _training(s: RunState, obs: Observation, at: str) -> Decision:
 def _trained(s: RunState, obs: Observation, at: str) -> Decision:
     if (problem := _result_problem(s, obs, at, "metrics.json")) is not None:
         return problem
-    job = stage_name(s.name, s.generation, "benchmark")
+    # The round the status names: 1, or the re-benchmark round a local run was interrupted
+    # in and now resumes.
+    round = s.benchmark_round
+    job = stage_name(s.name, s.generation, "benchmark", round)
     metrics = obs.files.metrics
     loss = metrics.eval_loss if metrics else None
     done = "training finished" + ("" if loss is None else f" (eval loss {gate.loss(loss)})")
@@ -766,6 +769,7 @@ def _trained(s: RunState, obs: Observation, at: str) -> Decision:
         f"{done}; created benchmark Job {job}",
         _trained_fields(s, obs),
         create="benchmark",
+        round=round,
     )
 
 

@@ -119,3 +119,23 @@ def test_settled_runs_keep_only_the_newest_superseded_generations(
     kept = [run.generation for run in find_runs(store, NAMESPACE, NAME)]
     assert kept == [1, 3, 4]  # the promoted one, the newest superseded one, the current one
     assert not any(store.list(f"runs/{NAMESPACE}/{NAME}/g2/"))
+
+
+def test_an_interrupted_rebenchmark_resumes_its_round(tmp_path: Path) -> None:
+    """A re-benchmark stopped half-way (Ctrl-C) is taken up again by running the manifest:
+    the same round, not round 1 again."""
+    path, store = manifest(tmp_path), LocalStore(tmp_path / "store")
+    assert run_manifest(path, store.uri(), None, scripted("slow-then-fast")) == 2
+    snapshot = latest_run(store, NAMESPACE, NAME)
+    assert snapshot is not None
+    # What an interrupted round 2 leaves: the status says Benchmarking in round 2 (as
+    # `lifecycle.interrupted` records it), and round 2 wrote no report.
+    interrupted = snapshot.status.model_copy(
+        update={"phase": "Benchmarking", "benchmark_round": 2, "rebenchmark_request": "1"}
+    )
+    store.put_json(snapshot.paths.status, interrupted.to_wire())
+    assert run_manifest(path, store.uri(), None, scripted("slow-then-fast")) == 0
+    resumed = latest_run(store, NAMESPACE, NAME)
+    assert resumed is not None
+    assert (resumed.status.phase, resumed.status.benchmark_round) == ("Promoted", 2)
+    assert store.exists(snapshot.paths.round_benchmark_report(2))
