@@ -4,9 +4,9 @@ Why Trainer with our own tokenization rather than trl's SFTTrainer: the dataset 
 (and every line checked against maxSeqLength) before any model is loaded, so problems are
 reported with line numbers in seconds; the loss mask covers every assistant turn whatever
 the chat template (SFTTrainer's assistant-only loss needs `{% generation %}` markers that
-most templates lack); and truncation is counted. What SFTTrainer would add on top of
-Trainer (formatting, packing) is not used. unsloth patches Trainer as well, so the GPU path
-runs the same loop.
+most templates lack); and truncation is counted. Batches are packed without padding by our
+own collator (packing.py, spec.training.packing), which keeps the loss mask as it is.
+unsloth patches Trainer as well, so the GPU path runs the same loop.
 
 Import this module only after `backend.select_backend()` (it imports transformers).
 """
