@@ -11,7 +11,10 @@ progress.json alike. Steps are timed from the first step's start to the last ste
 (the checkpoint saved after the last step falls outside, for both).
 
 Prints steps/s of each kind (median over rounds), the slowdown (target: at most 5 %), and
-the checkpoints each run uploaded.
+the checkpoints each run uploaded; then the cost measured inside the runs with checkpoints,
+which a drift in the shared machine's speed between runs does not reach: the gap a save
+leaves between two steps, and what the two steps after it take beyond the others (the
+upload runs beside them).
 
     python benchmarks/checkpoint_overhead.py                  # 2 rounds of 20 steps
     python benchmarks/checkpoint_overhead.py --rounds 3 --steps 15 --batch-size 2
@@ -83,24 +86,45 @@ def start_s3_server() -> tuple[subprocess.Popen[str], str]:
 
 
 class TrainClock:
-    """First step's start to last step's end, as a TrainerCallback's two hooks."""
+    """Each step's start and end, from a TrainerCallback's two hooks. Trainer saves a
+    checkpoint between a step's end and the next step's start, so that gap is the save's
+    cost on the step's path; the steps right after it bear the upload's competition."""
 
     def __init__(self) -> None:
-        self.started: float | None = None
-        self.ended: float | None = None
-        self.steps = 0
+        self.begins: list[float] = []
+        self.ends: list[float] = []
 
     def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
-        if self.started is None:
-            self.started = time.perf_counter()
+        self.begins.append(time.perf_counter())
 
     def on_step_end(self, *args: Any, **kwargs: Any) -> None:
-        self.ended = time.perf_counter()
-        self.steps += 1
+        self.ends.append(time.perf_counter())
 
     def steps_per_second(self) -> float:
-        assert self.started is not None and self.ended is not None, "no step ran"
-        return self.steps / (self.ended - self.started)
+        assert self.ends, "no step ran"
+        return len(self.ends) / (self.ends[-1] - self.begins[0])
+
+    def within_run(self, save_steps: int) -> dict[str, float]:
+        """Seconds of the gaps after checkpoint steps and after the others, and of the
+        steps after a checkpoint and the others: the cost measured inside one run, which a
+        drift in the machine's speed between runs does not reach."""
+        steps = len(self.ends)
+        gaps = [self.begins[i + 1] - self.ends[i] for i in range(steps - 1)]
+        durations = [self.ends[i] - self.begins[i] for i in range(steps)]
+        saved = {i for i in range(steps - 1) if (i + 1) % save_steps == 0}
+        after = {i + 1 for i in saved} | {i + 2 for i in saved if i + 2 < steps}
+        plain_gaps = [g for i, g in enumerate(gaps) if i not in saved] or [0.0]
+        plain_steps = [d for i, d in enumerate(durations) if i not in after]
+        return {
+            "saveGapSeconds": statistics.mean(g for i, g in enumerate(gaps) if i in saved)
+            if saved
+            else 0.0,
+            "otherGapSeconds": statistics.mean(plain_gaps),
+            "stepsAfterSaveSeconds": statistics.mean(durations[i] for i in after) if after else 0.0,
+            "otherStepSeconds": statistics.median(plain_steps),
+            "checkpointsTimed": len(saved),
+            "steps": steps,
+        }
 
 
 def run(options: argparse.Namespace, endpoint: str, save_steps: int, work: Path) -> dict[str, Any]:
@@ -123,7 +147,7 @@ def run(options: argparse.Namespace, endpoint: str, save_steps: int, work: Path)
     spec = FineTuneJobSpec.model_validate(
         {
             "model": {"preset": "smollm2-135m"},
-            "dataset": {"uri": str(DEMO_DATASET), "validationSplit": 0.1},
+            "dataset": {"uri": str(DEMO_DATASET), "validationSplit": 0.01},  # a short eval
             "lora": {"r": 16, "alpha": 16, "dropout": 0.0},
             "training": {
                 "maxSteps": options.steps,
@@ -146,6 +170,7 @@ def run(options: argparse.Namespace, endpoint: str, save_steps: int, work: Path)
     uploaded = session.uploader.close(120.0)
     stored = sorted(store.list(paths.checkpoints)) if uploaded else []
     return {
+        **clock.within_run(save_steps),
         "stepsPerSecond": clock.steps_per_second(),
         "uploadsFinished": uploaded,
         "checkpointFiles": len(stored),
@@ -193,6 +218,20 @@ def main(argv: list[str] | None = None) -> int:
         files = runs[0]["checkpointFiles"]
         print(f"checkpoints {kind:<16}{median:>9.4f} steps/s  ({files} checkpoint files stored)")
     print(f"slowdown from checkpoints: {slowdown:.1%} (target <= 5 %)")
+    inside = [r for r in results[next(iter(kinds))] if r["checkpointsTimed"]]
+    if inside:
+        save = statistics.median(r["saveGapSeconds"] - r["otherGapSeconds"] for r in inside)
+        extra = statistics.median(
+            r["stepsAfterSaveSeconds"] - r["otherStepSeconds"] for r in inside
+        )
+        step = statistics.median(r["otherStepSeconds"] for r in inside)
+        per_checkpoint = save + 2 * extra
+        estimate = per_checkpoint / (options.save_steps * step)
+        print(
+            f"inside the runs with checkpoints: save {save:.2f} s on the step's path, "
+            f"{extra:+.2f} s on each of the 2 steps after it (upload), step {step:.2f} s: "
+            f"{estimate:.1%} slowdown at one checkpoint per {options.save_steps} steps"
+        )
     if options.output:
         options.output.write_text(json.dumps({"runs": results, "slowdown": slowdown}, indent=2))
     return 0

@@ -18,7 +18,7 @@ first step's start to the last step's end (loading, tokenizing and evaluation ex
 Printed per kind: useful tokens/s (non-padding input tokens of the batches trained on, the
 median over rounds; the same rows give both trainers the same count), the share of the
 run's fp32 matmul peak (a timed 1024x1024 matmul, the best of the measurements taken before
-and after each round) at 4*N FLOPs per token (N: the weights without the input embedding;
+every run and at the end) at 4*N FLOPs per token (N: the weights without the input embedding;
 tied output head counted once), the ours / trl ratio, and the eval loss after the steps of
 our trainer with packing on and off (it must agree within 2 %: packing changes the work,
 not the loss). TRL's default loss covers every token while ours covers assistant turns, so
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="trainer-vs-trl-") as scratch:
         for round_ in range(options.rounds):
             for kind in KINDS:
+                peaks.append(matmul_peak())  # before every run: the best is the peak
                 work = Path(scratch) / f"{kind}-{round_}"
                 if kind == "trl":
                     result = run_trl(options, work)
