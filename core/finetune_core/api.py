@@ -296,6 +296,13 @@ class TrainingSpec(ApiModel):
         le=10_000_000,
         description="Stop after this many optimiser steps (caps the epochs), 1..10000000.",
     )
+    packing: bool = Field(
+        default=True,
+        strict=True,
+        description="Pack each batch's conversations end to end into one row, without "
+        "padding (each attends only to itself; the loss is the padded batch's). false pads "
+        "every conversation to the batch's longest. The unsloth backend always pads.",
+    )
 
 
 class Toleration(ApiModel):
@@ -751,6 +758,7 @@ class FineTuneJobSpec(ApiModel):
             save_steps=t.save_steps,
             keep_checkpoints=t.keep_checkpoints,
             max_steps=t.max_steps,
+            packing=t.packing,
             dataset=self.dataset,
             benchmark=self.benchmark,
             promotion=self.promotion,
@@ -794,6 +802,7 @@ class ResolvedSpec(ApiModel):
     save_steps: int
     keep_checkpoints: int
     max_steps: int | None = None
+    packing: bool = True  # absent from config.json written before it existed
     dataset: DatasetSpec
     benchmark: BenchmarkSpec
     promotion: PromotionSpec

@@ -248,7 +248,16 @@ def build_trainer(
     stop = training.StopOnSignal()
     stop.install()
     arguments = training.training_arguments(spec, steps, work / "trainer", optimizer, loaded)
-    trainer = training.build_trainer(loaded, model, arguments, splits.train, splits.eval, [stop])
+    trainer = training.build_trainer(
+        loaded,
+        model,
+        arguments,
+        splits.train,
+        splits.eval,
+        [stop],
+        packing=training.packs_rows(spec, loaded),
+    )
+    log.info("batches %s", "packed" if training.packs_rows(spec, loaded) else "padded")
     return trainer, stop
 
 

@@ -4,9 +4,9 @@ Why Trainer with our own tokenization rather than trl's SFTTrainer: the dataset 
 (and every line checked against maxSeqLength) before any model is loaded, so problems are
 reported with line numbers in seconds; the loss mask covers every assistant turn whatever
 the chat template (SFTTrainer's assistant-only loss needs `{% generation %}` markers that
-most templates lack); and truncation is counted. What SFTTrainer would add on top of
-Trainer (formatting, packing) is not used. unsloth patches Trainer as well, so the GPU path
-runs the same loop.
+most templates lack); and truncation is counted. Batches are packed without padding by our
+own collator (packing.py, spec.training.packing), which keeps the loss mask as it is.
+unsloth patches Trainer as well, so the GPU path runs the same loop.
 
 Import this module only after `backend.select_backend()` (it imports transformers).
 """
@@ -37,6 +37,7 @@ from finetune_trainer.backend import compute_dtype
 from finetune_trainer.checkpoints import CheckpointSync, write_state
 from finetune_trainer.encoding import EncodedRow, PadCollator
 from finetune_trainer.modeling import LoadedModel
+from finetune_trainer.packing import PackingCollator, register_segment_attention
 from finetune_trainer.plan import StepPlan
 from finetune_trainer.stage import invalid_input
 
@@ -123,6 +124,12 @@ class UploadCheckpoints(TrainerCallback):
         )
 
 
+def packs_rows(spec: ResolvedSpec, loaded: LoadedModel) -> bool:
+    """Whether batches are packed (packing.py): as the spec says, except with unsloth, whose
+    patched forward is not known here to keep packed conversations apart; it pads."""
+    return spec.packing and loaded.backend == "transformers"
+
+
 def training_arguments(
     spec: ResolvedSpec, plan: StepPlan, output_dir: Path, optimizer: str, loaded: LoadedModel
 ) -> TrainingArguments:
@@ -150,7 +157,8 @@ def training_arguments(
         save_strategy="steps",
         save_steps=spec.save_steps,
         save_total_limit=1,  # uploaded copies are staged apart; locally, the newest suffices
-        include_num_input_tokens_seen="non_padding",
+        # A packed row has no padding, and no attention_mask to count it by.
+        include_num_input_tokens_seen="all" if packs_rows(spec, loaded) else "non_padding",
         remove_unused_columns=False,
         label_names=["labels"],
         report_to="none",
@@ -166,13 +174,25 @@ def build_trainer(
     train_rows: list[EncodedRow],
     eval_rows: list[EncodedRow],
     callbacks: list[TrainerCallback],
+    packing: bool,
 ) -> Trainer:
+    """The Trainer over our rows. With packing, the model runs without a KV cache (with
+    one, transformers ignores the conversation boundaries in position_ids) and, where it
+    uses sdpa, with per-conversation sdpa (packing.py)."""
+    collator: Callable[[list[EncodedRow]], dict[str, Any]]
+    if packing:
+        model.config.use_cache = False
+        if model.config._attn_implementation == "sdpa":
+            model.set_attn_implementation(register_segment_attention())
+        collator = PackingCollator()
+    else:
+        collator = PadCollator(loaded.tokenizer.pad_token_id)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=EncodedRowDataset(train_rows),
         eval_dataset=EncodedRowDataset(eval_rows),
-        data_collator=PadCollator(loaded.tokenizer.pad_token_id),
+        data_collator=collator,
         processing_class=loaded.tokenizer,
         callbacks=callbacks,
     )

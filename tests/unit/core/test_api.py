@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_core.api import FineTuneJobSpec
+from finetune_core.api import FineTuneJobSpec, ResolvedSpec
 from finetune_core.manifest import InvalidManifest, parse_manifest
 from tests.support.manifests import EDGE_RESOURCES, finetunejob
 
@@ -22,6 +22,14 @@ def test_preset_carries_the_seed_plan() -> None:
     assert resolved.gradient_accumulation_steps == 2
     assert resolved.precision == "bf16"
     assert resolved.load_in_4bit is True
+    assert resolved.packing is True
+
+
+def test_packing_can_be_turned_off_and_old_configs_read_as_packed() -> None:
+    assert _spec(training={"packing": False}).resolve().packing is False
+    wire = _spec().resolve().to_wire()
+    del wire["packing"]  # a config.json written before the field existed
+    assert ResolvedSpec.model_validate(wire).packing is True
 
 
 def test_explicit_fields_override_the_preset() -> None:
@@ -80,6 +88,7 @@ def test_values_the_cluster_accepts_pass() -> None:
         ("training", {"epochs": float("-inf")}, "epochs", "finite number"),
         ("training", {"seed": True}, "seed", "valid integer"),
         ("training", {"maxSteps": "20"}, "maxSteps", "valid integer"),
+        ("training", {"packing": "yes"}, "packing", "valid boolean"),
         ("lora", {"dropout": float("nan")}, "dropout", "finite number"),
         ("model", {"preset": "phi-4", "loadIn4bit": "false"}, "loadIn4bit", "valid boolean"),
         ("resources", {"memory": "64GB"}, "memory", "'64GB' is not a Kubernetes quantity"),
