@@ -30,8 +30,7 @@ control-plane:
 # installed, and always under CI, where a machine without Go must fail, not skip.
 test: install
 	@if command -v go >/dev/null 2>&1 || [ "$$CI" = true ]; then hack/control-plane/build; fi
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-		echo "NOTE: chromium is not installed: the HTML report's browser test skips (under CI it fails); Debian: apt-get install -y chromium"
+	@hack/install-chromium
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 # Unit tests only: no subprocess, no network; the quick loop while editing.
