@@ -11,6 +11,7 @@ next one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -106,9 +107,9 @@ class Controller:
         # The objects whose run moves on without an event: polled (finetune_operator.polling).
         self.schedule = Schedule(settings.progress_interval_seconds)
         self._poller: asyncio.Task[None] | None = None
-        # The resourceVersion of each object as this operator's last status patch left it:
-        # the watch event that patch causes tells nothing new.
-        self._written: dict[tuple[str, str], str] = {}
+        # The resourceVersion of each object as this operator's last status patches left it:
+        # the watch events they cause tell nothing new.
+        self._written: dict[tuple[str, str], collections.deque[str]] = {}
         # Run directories known to hold this object's own config.json (run prefix, uid): a
         # config is written once, so it need not be read again on every pass.
         self._own_runs: set[tuple[str, str]] = set()
@@ -127,7 +128,7 @@ class Controller:
     def own_write(self, namespace: str, name: str, version: str | None) -> bool:
         """Whether an object at `version` is just what this operator's last status patch
         made of it (its watch event then asks for nothing)."""
-        return version is not None and self._written.get((namespace, name)) == version
+        return version is not None and version in self._written.get((namespace, name), ())
 
     async def reconcile(self, namespace: str, name: str) -> None:
         """Bring one FineTuneJob as far as its observed state allows; keep it on the poll
@@ -207,7 +208,9 @@ class Controller:
         if decision.status:
             patched = await self.kube.patch_finetunejob_status(namespace, name, decision.status)
             if version := (patched.get("metadata") or {}).get("resourceVersion"):
-                self._written[(namespace, name)] = version
+                # Several: the events of a reconcile's passes arrive after all of them.
+                written = self._written.setdefault((namespace, name), collections.deque(maxlen=4))
+                written.append(version)
             obj = patched
         phase = decision.status.get("phase") or observation.state.phase
         self.metrics.observe(namespace, name, phase, moved="phase" in decision.status)

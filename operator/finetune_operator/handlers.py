@@ -123,17 +123,14 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
     # Only the Events we post ourselves (kopf's log lines stay logs): an Event per handler
     # run would be a write per watch event.
     kopf_settings.posting.loggers = False
-    # One worker per object with events queued (kopf's default: unlimited). A burst of
-    # thousands of creations then runs as that many concurrent reconciles, each holding
-    # its object's state and a thread of the client pool in turn; a limit keeps memory flat
-    # and lets each reconcile finish quickly instead of all of them slowly. Events of an
-    # object that arrive meanwhile are queued and folded into one reconcile (kopf hands the
-    # latest body), which the level-based reconcile allows.
-    kopf_settings.queueing.worker_limit = WORKERS
+    # kopf's worker limit stays unset (one worker per object with events queued): a worker
+    # holds its slot for queueing.idle_timeout after its last event, so a limit of N caps
+    # the burst of a thousand creations at N objects per idle timeout. Concurrency is
+    # bounded where it costs: the thread pool of the blocking clients (finetune_operator.main).
     # On exit, cancel handlers in flight rather than let them finish: a reconcile is safe to
     # interrupt anywhere.
     kopf_settings.queueing.exit_timeout = 0
 
 
-# Concurrent reconciles started by watch events (kopf workers); the poll has its own limit.
+# Threads for the reconciles started by watch events (the poll has its own limit).
 WORKERS = 32
