@@ -115,15 +115,21 @@ class Controller:
         self._own_runs: set[tuple[str, str]] = set()
 
     def start_polling(self) -> None:
-        """Poll the runs in progress (finetune_operator.polling) from now on, afresh."""
-        self.schedule.clear()
-        self._poller = asyncio.create_task(polling.poll(self.schedule, self.reconcile))
+        """Poll the runs in progress (finetune_operator.polling), unless it runs already.
+        Called from kopf's handlers: the poll's task inherits their context, where kopf
+        keeps the queue the Events of a reconcile are posted through (a task started
+        anywhere else would have its Events fail)."""
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(polling.poll(self.schedule, self.reconcile))
 
     async def stop_polling(self) -> None:
+        """Stop the poll; the next start begins with an empty schedule (kopf's listing of
+        the FineTuneJobs fills it again)."""
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
+        self.schedule.clear()
 
     def own_write(self, namespace: str, name: str, version: str | None) -> bool:
         """Whether an object at `version` is just what this operator's last status patch

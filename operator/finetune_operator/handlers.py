@@ -78,16 +78,11 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         # Loaded afresh on every login: kopf logs in again when a token expires.
         return connection_info(load_configuration())
 
-    @kopf.on.startup(registry=registry, id="poll")
-    async def start_polling(**_: Any) -> None:
-        # Started from kopf's own context, so that the Events the poll's reconciles post
-        # reach kopf's poster; kopf's listing puts every run in progress on the schedule.
-        controller.start_polling()
-
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="finetunejob")
     async def finetunejob_event(
         event: kopf.RawEvent, body: kopf.Body, meta: kopf.Meta, **_: Any
     ) -> None:
+        controller.start_polling()
         namespace, name = meta["namespace"], meta["name"]
         kind = event.get("type")
         if kind == "DELETED":
@@ -110,6 +105,7 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         # A listing is no change: when the operator starts, listing the FineTuneJobs
         # reconciles every run in progress already; a change missed while a watch resumed
         # is caught by the poll.
+        controller.start_polling()
         if event.get("type") is not None:
             await reconcile(controller, meta["namespace"], labels[LABEL_JOB])
 

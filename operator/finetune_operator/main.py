@@ -82,8 +82,8 @@ async def operate(
     )
 
     async def run_kopf(kopf_stop: Flag | None, ready: Flag | None, endpoint: str | None) -> None:
-        # The poll runs exactly while kopf does (so only in the leader): kopf starts it
-        # (handlers.register); it stops the moment kopf is told to stop (a lost Lease: not
+        # The poll runs only while kopf does (so only in the leader): kopf's handlers start
+        # it (handlers.register); it stops the moment kopf is told to stop (a lost Lease: not
         # one more write), and in any case when kopf has stopped.
         async def stop_polling_on_flag() -> None:
             while kopf_stop is not None and not kopf_stop.is_set():
