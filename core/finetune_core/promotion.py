@@ -44,6 +44,11 @@ class PromotionError(RuntimeError):
     """The run cannot be promoted (nothing to copy, an unreadable alias, endless contention)."""
 
 
+class AliasContended(PromotionError):
+    """Other writers kept moving the alias: nothing is wrong with the run, and a later try
+    (a promotion is idempotent) succeeds; the operator retries it instead of failing."""
+
+
 class ChampionChanged(PromotionError):
     """Gated again against the alias as it is now, the run no longer passes."""
 
@@ -224,7 +229,7 @@ def promote(
         )
         if store.put_json_if(alias.current, moved.to_wire(), version):
             return uri
-    raise PromotionError(f"{store.uri(alias.current)} kept changing; promotion gave up")
+    raise AliasContended(f"{store.uri(alias.current)} kept changing; promotion gave up")
 
 
 def _versions(champion: CurrentAlias) -> set[str]:

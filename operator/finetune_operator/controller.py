@@ -36,7 +36,7 @@ from finetune_core.lifecycle import (
     retrying,
 )
 from finetune_core.manifest import parse_manifest
-from finetune_core.promotion import ChampionChanged, PromotionError, promote
+from finetune_core.promotion import AliasContended, ChampionChanged, PromotionError, promote
 from finetune_core.run_files import move_aside, read_run_files, run_owner
 from finetune_core.runs import new_run_config
 from finetune_core.store import ArtifactStore
@@ -300,6 +300,8 @@ class Controller:
             )
         except ChampionChanged as lost:
             return replace(observation, promotion_rejected=lost.verdict)
+        except AliasContended:
+            raise  # the reconcile fails and the poll tries again (finetune_operator.polling)
         except PromotionError as error:
             return replace(observation, promotion_error=str(error))
         return replace(observation, promoted_uri=uri)
