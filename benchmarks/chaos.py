@@ -322,7 +322,7 @@ def check(cluster: Cluster, scenarios: dict[str, str], result: ChaosResult) -> N
     created = Counter(job["metadata"]["name"] for job in api.created(JOBS))
     result.jobs_created = sum(created.values())
     result.job_create_requests = sum(
-        1 for request in api if request.method == "POST" and request.resource == JOBS
+        1 for request in api.served() if request.method == "POST" and request.resource == JOBS
     )
     expected: set[str] = set()
     for name, scenario in scenarios.items():

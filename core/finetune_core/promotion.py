@@ -13,6 +13,8 @@ newer champion has displaced it since.
 from __future__ import annotations
 
 import math
+import random
+import time
 from datetime import datetime
 from typing import Any
 
@@ -25,12 +27,28 @@ from finetune_core.store import ArtifactStore, InvalidFile, read_model, read_mod
 
 # How many earlier versions current.json remembers (newest first).
 MAX_PREVIOUS = 10
-# Conditional writes that may lose to other writers before promotion gives up.
-MAX_ATTEMPTS = 8
+# Conditional writes that may lose to other writers before promotion gives up. Between
+# attempts a writer waits a random while, up to twice as long each time (up to
+# BACKOFF_CAP_SECONDS): writers that lost together would otherwise retry together and
+# lose together again, and with many at once (an operator finishing many lifecycles of one
+# alias together) some would run out of attempts.
+MAX_ATTEMPTS = 16
+BACKOFF_SECONDS = 0.02
+BACKOFF_CAP_SECONDS = 1.0
+_jitter = random.Random()
+
+
+def _back_off(attempt: int) -> None:
+    time.sleep(_jitter.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2**attempt)))
 
 
 class PromotionError(RuntimeError):
     """The run cannot be promoted (nothing to copy, an unreadable alias, endless contention)."""
+
+
+class AliasContended(PromotionError):
+    """Other writers kept moving the alias: nothing is wrong with the run, and a later try
+    (a promotion is idempotent) succeeds; the operator retries it instead of failing."""
 
 
 class ChampionChanged(PromotionError):
@@ -298,7 +316,9 @@ def promote(
     )
     card += card_extra
     store.put_bytes(f"{target}/README.md", card.encode(), "text/markdown")
-    for _ in range(MAX_ATTEMPTS):
+    for attempt in range(MAX_ATTEMPTS):
+        if attempt:
+            _back_off(attempt)
         champion, version = _read_alias(store, alias)
         if champion is not None and named in _versions(champion):
             return uri  # promoted before (a retry): never displace what came since
@@ -317,7 +337,7 @@ def promote(
         )
         if store.put_json_if(alias.current, moved.to_wire(), version):
             return uri
-    raise PromotionError(f"{store.uri(alias.current)} kept changing; promotion gave up")
+    raise AliasContended(f"{store.uri(alias.current)} kept changing; promotion gave up")
 
 
 def _versions(champion: CurrentAlias) -> set[str]:
@@ -329,7 +349,9 @@ def rollback(
 ) -> CurrentAlias:
     """Point the alias back at one of its previous versions (default: the one before the
     current); the displaced version goes into the history like any other."""
-    for _ in range(MAX_ATTEMPTS):
+    for attempt in range(MAX_ATTEMPTS):
+        if attempt:
+            _back_off(attempt)
         champion, stored = _read_alias(store, alias)
         if champion is None or not champion.previous:
             raise PromotionError(f"{store.uri(alias.current)} has no earlier version to go back to")

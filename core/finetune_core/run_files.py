@@ -76,10 +76,17 @@ def _result(
 def written_for_another(store: ArtifactStore, run: RunPaths, uid: str | None) -> str | None:
     """The UID of another object that wrote this run directory (a deleted predecessor of the
     same name), if one did."""
-    config = read_model_if_valid(store, run.config, RunConfig)
-    if config is None or config.uid is None or uid is None or config.uid == uid:
+    if uid is None:
         return None
-    return config.uid
+    owner = run_owner(store, run)
+    return None if owner is None or owner == uid else owner
+
+
+def run_owner(store: ArtifactStore, run: RunPaths) -> str | None:
+    """The UID of the object whose config.json the run directory holds (None: no config,
+    or one written before UIDs were recorded)."""
+    config = read_model_if_valid(store, run.config, RunConfig)
+    return None if config is None else config.uid
 
 
 def move_aside(store: ArtifactStore, run: RunPaths, uid: str | None) -> None:

@@ -11,6 +11,7 @@ next one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -36,15 +37,17 @@ from finetune_core.lifecycle import (
     retrying,
 )
 from finetune_core.manifest import parse_manifest
-from finetune_core.promotion import ChampionChanged, PromotionError, promote
+from finetune_core.promotion import AliasContended, ChampionChanged, PromotionError, promote
 from finetune_core.retention import prune_runs
-from finetune_core.run_files import move_aside, read_run_files
+from finetune_core.run_files import move_aside, read_run_files, run_owner
 from finetune_core.runs import new_run_config
 from finetune_core.store import ArtifactStore
+from finetune_operator import polling
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import OperatorMetrics
-from finetune_operator.observe import run_state, stuck, termination_message
+from finetune_operator.observe import may_be_stuck, run_state, stuck, termination_message
+from finetune_operator.polling import Schedule
 from finetune_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -103,23 +106,64 @@ class Controller:
             weakref.WeakValueDictionary()
         )
         self._failures: dict[tuple[str, str], int] = {}
+        # The objects whose run moves on without an event: polled (finetune_operator.polling).
+        self.schedule = Schedule(settings.progress_interval_seconds)
+        self._poller: asyncio.Task[None] | None = None
+        # The resourceVersion of each object as this operator's last status patches left it:
+        # the watch events they cause tell nothing new.
+        self._written: dict[tuple[str, str], collections.deque[str]] = {}
+        # Run directories known to hold this object's own config.json (run prefix, uid): a
+        # config is written once, so it need not be read again on every pass.
+        self._own_runs: set[tuple[str, str]] = set()
+
+    def start_polling(self) -> None:
+        """Poll the runs in progress (finetune_operator.polling), unless it runs already.
+        Called from kopf's handlers: the poll's task inherits their context, where kopf
+        keeps the queue the Events of a reconcile are posted through (a task started
+        anywhere else would have its Events fail)."""
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(polling.poll(self.schedule, self.reconcile))
+
+    async def stop_polling(self) -> None:
+        """Stop the poll; the next start begins with an empty schedule (kopf's listing of
+        the FineTuneJobs fills it again)."""
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
+        self.schedule.clear()
+
+    def own_write(self, namespace: str, name: str, version: str | None) -> bool:
+        """Whether an object at `version` is just what this operator's last status patch
+        made of it (its watch event then asks for nothing)."""
+        return version is not None and version in self._written.get((namespace, name), ())
 
     async def reconcile(self, namespace: str, name: str) -> None:
-        """Bring one FineTuneJob as far as its observed state allows."""
-        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
+        """Bring one FineTuneJob as far as its observed state allows; keep it on the poll
+        schedule while its run can move on without an event, or when this failed."""
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
+            obj = None
             try:
                 for _ in range(MAX_PASSES):
-                    if not await self._pass(namespace, name):
+                    requeue, obj = await self._pass(namespace, name, obj)
+                    if not requeue:
                         break
                 else:
                     log.warning(
                         "%s/%s: still changing after %d passes", namespace, name, MAX_PASSES
                     )
             except Exception as error:
+                # Polled again within one interval: the back-off of a failed reconcile.
+                self.schedule.keep(key, asyncio.get_running_loop().time())
                 await self._transient(namespace, name, error)
-                raise  # kopf retries the reconcile with back-off
-            self._failures.pop((namespace, name), None)
+                raise
+            self._failures.pop(key, None)
+            if obj is None or run_state(obj, (), self.settings).settled:
+                self.schedule.drop(key)
+            else:
+                self.schedule.keep(key, asyncio.get_running_loop().time())
 
     async def _transient(self, namespace: str, name: str, error: Exception) -> None:
         """Count a fault the next pass may not meet; from the SHOW_FAULTS_AFTER-th in a row,
@@ -143,12 +187,19 @@ class Controller:
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)
+        self.schedule.drop((namespace, name))
+        self._written.pop((namespace, name), None)
 
-    async def _pass(self, namespace: str, name: str) -> bool:
-        obj = await self.kube.get_finetunejob(namespace, name)
+    async def _pass(
+        self, namespace: str, name: str, known: dict[str, Any] | None
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """One pass: (whether another should follow, the object as this pass left it).
+        `known` is the object as the previous pass of this reconcile patched it (the API's
+        answer to that patch, so no read is needed for it); None: read it."""
+        obj = known or await self.kube.get_finetunejob(namespace, name)
         if obj is None:
             self.forget(namespace, name)
-            return False
+            return False, None
         jobs = await self.kube.list_jobs(namespace, name)
         state = await self._unstick(run_state(obj, jobs, self.settings), jobs)
         observation = await self._observe(state)
@@ -163,7 +214,12 @@ class Controller:
             refused = replace(observation, create_refused=api_message(error))
             decision = decide(refused, datetime.now(UTC))
         if decision.status:
-            await self.kube.patch_finetunejob_status(namespace, name, decision.status)
+            patched = await self.kube.patch_finetunejob_status(namespace, name, decision.status)
+            if version := (patched.get("metadata") or {}).get("resourceVersion"):
+                # Several: the events of a reconcile's passes arrive after all of them.
+                written = self._written.setdefault((namespace, name), collections.deque(maxlen=4))
+                written.append(version)
+            obj = patched
         if decision.prune is not None:
             await self._prune(observation.state, decision.prune)
         phase = decision.status.get("phase") or observation.state.phase
@@ -178,15 +234,31 @@ class Controller:
                 event.message,
             )
             self.post_event(obj, event)
-        return decision.requeue
+        return decision.requeue, obj
 
     # ---------------------------------------------------------------- observe
 
     async def _observe(self, state: RunState) -> Observation:
         want = reads(state)
         paths = state.paths
+        own = (paths.prefix, state.uid or "") in self._own_runs
+        run_files = want.progress or want.metrics or want.report or want.error
+        # Whose run directory it is, read once: from then on it is known to be this object's.
+        if (
+            not own
+            and state.uid
+            and (run_files or want.checkpoints)
+            and await asyncio.to_thread(run_owner, self.store, paths) == state.uid
+        ):
+            self._own_runs.add((paths.prefix, state.uid))
+            own = True
         files = await asyncio.to_thread(
-            read_run_files, self.store, paths, want, self.settings.s3_endpoint, state.uid
+            read_run_files,
+            self.store,
+            paths,
+            want,
+            self.settings.s3_endpoint,
+            None if own else state.uid,
         )
         if files.error is not None:
             error = files.error.model_copy(
@@ -213,10 +285,13 @@ class Controller:
                 continue
             if current.queue is not None:
                 continue  # suspended by design until its queue admits it
+            job = next(j for j in jobs if j["metadata"]["name"] == current.name)
+            now, limit = datetime.now(UTC), self.settings.stuck_pod_seconds
+            if not may_be_stuck(job, now, limit):
+                continue  # its pods are younger than the Job: none can have waited that long
             labels = child_labels(state.name, state.generation, stage)
             pods = await self.kube.list_pods(state.namespace, labels)
-            job = next(j for j in jobs if j["metadata"]["name"] == current.name)
-            found = stuck(job, pods, datetime.now(UTC), self.settings.stuck_pod_seconds)
+            found = stuck(job, pods, now, limit)
             if found is not None:
                 state = state.with_stage(stage, found)
         return state
@@ -229,6 +304,8 @@ class Controller:
             )
         except ChampionChanged as lost:
             return replace(observation, promotion_rejected=lost.verdict)
+        except AliasContended:
+            raise  # the reconcile fails and the poll tries again (finetune_operator.polling)
         except PromotionError as error:
             return replace(observation, promotion_error=str(error))
         return replace(observation, promoted_uri=uri)
@@ -285,7 +362,8 @@ class Controller:
         """config.json tells the pods what to run; a run's config is written once, by the
         object the run belongs to (a predecessor's run directory is moved aside first)."""
         await asyncio.to_thread(move_aside, self.store, paths, uid)
-        if await asyncio.to_thread(self.store.exists, paths.config):
-            return
-        config = new_run_config(paths, uid, spec)
-        await asyncio.to_thread(self.store.put_json, paths.config, config.to_wire())
+        if not await asyncio.to_thread(self.store.exists, paths.config):
+            config = new_run_config(paths, uid, spec)
+            await asyncio.to_thread(self.store.put_json, paths.config, config.to_wire())
+        # Moved aside if it was another's, so it is this object's now and stays so.
+        self._own_runs.add((paths.prefix, uid or ""))

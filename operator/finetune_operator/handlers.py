@@ -1,15 +1,23 @@
 """The kopf handlers: every trigger leads to the same level-based reconcile of a FineTuneJob
 (or, for FineTuneTournaments, of the tournament: see register_tournaments).
 
-- the FineTuneJob is created, its spec or annotations change (a new generation, an
-  approval), or the operator starts and resumes it;
+- a FineTuneJob's watch event: it was created, its spec or annotations changed (a new
+  generation, an approval), or the operator starts and lists it; not the event of the
+  operator's own status patch (it tells nothing new), and not the listing of a settled one;
 - one of its Jobs changes (label finetune.dev/job=<name>): a pod started, the Job ended;
-- a timer every FINETUNE_PROGRESS_INTERVAL seconds while the run is in progress, which
-  refreshes status.progress and catches anything a missed watch event would have told.
+- the operator's own poll (finetune_operator.polling) of runs in progress, every
+  FINETUNE_PROGRESS_INTERVAL seconds, which refreshes status.progress, catches anything a
+  missed watch event would have told and retries a reconcile that failed.
+
+Plain event handlers, not kopf's create/update handlers and timers: those keep their state
+in the object (a finalizer, a last-handled-configuration annotation, handler progress),
+three extra writes per lifecycle and a finalizer a deleted object waits on. The reconcile
+needs none of it: it is level-based, reads what it needs and records it in the status.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -26,6 +34,8 @@ from finetune_operator.kube import load_configuration
 from finetune_operator.observe import settled
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.tournaments import TournamentController
+
+log = logging.getLogger(__name__)
 
 FINALIZER = "finetune.dev/operator"
 TIMER_EXIT_SECONDS = 2.0
@@ -57,10 +67,13 @@ def connection_info(configuration: Configuration) -> kopf.ConnectionInfo:
     )
 
 
-def in_progress(body: kopf.Body, **_: Any) -> bool:
-    """Whether the object's run can move on without a new event; kopf keeps the timer of a
-    settled object stopped (a finished run, or one awaiting approval)."""
-    return not settled(body)
+async def reconcile(controller: Controller, namespace: str, name: str) -> None:
+    """A failed reconcile is retried by the poll (the controller put it on the schedule)
+    and shown in the object's conditions; kopf need not log its traceback."""
+    try:
+        await controller.reconcile(namespace, name)
+    except Exception as error:
+        log.warning("%s/%s: reconcile failed, retried by the poll: %s", namespace, name, error)
 
 
 def tournament_in_progress(body: kopf.Body, **_: Any) -> bool:
@@ -84,36 +97,36 @@ def register(
         # Loaded afresh on every login: kopf logs in again when a token expires.
         return connection_info(load_configuration())
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile", backoff=interval)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile", backoff=interval)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile", backoff=interval)
-    async def finetunejob_changed(meta: kopf.Meta, **_: Any) -> None:
-        await controller.reconcile(meta["namespace"], meta["name"])
-
-    @kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        registry=registry,
-        id="poll",
-        interval=interval,
-        backoff=interval,
-        when=in_progress,
-    )
-    async def finetunejob_poll(meta: kopf.Meta, **_: Any) -> None:
-        await controller.reconcile(meta["namespace"], meta["name"])
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="deleted")
-    def finetunejob_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
-        # A settled object carries no finalizer, so its deletion is seen only as an event.
-        if event.get("type") == "DELETED":
-            controller.forget(meta["namespace"], meta["name"])
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="finetunejob")
+    async def finetunejob_event(
+        event: kopf.RawEvent, body: kopf.Body, meta: kopf.Meta, **_: Any
+    ) -> None:
+        controller.start_polling()
+        namespace, name = meta["namespace"], meta["name"]
+        kind = event.get("type")
+        if kind == "DELETED":
+            controller.forget(namespace, name)
+            return
+        if kind == "MODIFIED" and controller.own_write(
+            namespace, name, meta.get("resourceVersion")
+        ):
+            return
+        if kind is None and settled(body):
+            return  # listed (the operator starts, a watch resumes): nothing to do
+        await reconcile(controller, namespace, name)
 
     @kopf.on.event(
         "batch", "v1", "jobs", registry=registry, id="child-job", labels={LABEL_JOB: kopf.PRESENT}
     )
-    async def child_job_changed(meta: kopf.Meta, labels: kopf.Labels, **_: Any) -> None:
-        await controller.reconcile(meta["namespace"], labels[LABEL_JOB])
+    async def child_job_changed(
+        event: kopf.RawEvent, meta: kopf.Meta, labels: kopf.Labels, **_: Any
+    ) -> None:
+        # A listing is no change: when the operator starts, listing the FineTuneJobs
+        # reconciles every run in progress already; a change missed while a watch resumed
+        # is caught by the poll.
+        controller.start_polling()
+        if event.get("type") is not None:
+            await reconcile(controller, meta["namespace"], labels[LABEL_JOB])
 
 
 def register_tournaments(
@@ -160,15 +173,27 @@ def register_tournaments(
 
 
 def configure(kopf_settings: kopf.OperatorSettings) -> None:
-    """kopf's own settings: no peering objects (so no RBAC for them), a finalizer that
-    names this operator, and only the Events we post ourselves (kopf's log lines stay logs)."""
+    """kopf's own settings, each chosen for an operator that holds thousands of objects."""
+    # No peering objects (so no RBAC for them): leader election is the operator's own.
     kopf_settings.peering.standalone = True
+    # A FineTuneJob's handlers are event handlers: kopf adds no finalizer to it. A
+    # tournament's are kopf's create/update handlers (there are few tournaments), whose
+    # finalizer carries this operator's name.
     kopf_settings.persistence.finalizer = FINALIZER
+    # Only the Events we post ourselves (kopf's log lines stay logs): an Event per handler
+    # run would be a write per watch event.
     kopf_settings.posting.loggers = False
-    # A timer stops when its run settles, usually while finishing the very reconcile that
-    # settled it: wait for that instead of polling the exiting timer for a minute.
-    kopf_settings.background.instant_exit_timeout = TIMER_EXIT_SECONDS
+    # kopf's worker limit stays unset (one worker per object with events queued): a worker
+    # holds its slot for queueing.idle_timeout after its last event, so a limit of N caps
+    # the burst of a thousand creations at N objects per idle timeout. Concurrency is
+    # bounded where it costs: the thread pool of the blocking clients (finetune_operator.main).
     # On exit, cancel handlers in flight rather than let them finish: a reconcile is safe to
-    # interrupt anywhere, and a handler finishing after kopf stopped the timers would start
-    # a timer again that nothing stops (kopf 1.45 then waits 5 s before cancelling it).
+    # interrupt anywhere.
     kopf_settings.queueing.exit_timeout = 0
+    # A tournament's timer stops when it settles, usually while finishing the very reconcile
+    # that settled it: wait for that instead of polling the exiting timer for a minute.
+    kopf_settings.background.instant_exit_timeout = TIMER_EXIT_SECONDS
+
+
+# Threads for the reconciles started by watch events (the poll has its own limit).
+WORKERS = 32

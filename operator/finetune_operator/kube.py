@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 # (connect, read) seconds for every API call the operator makes itself.
 REQUEST_TIMEOUT = (5.0, 30.0)
+CONNECTIONS = 48
 
 
 def load_configuration() -> client.Configuration:
@@ -37,6 +38,9 @@ def load_configuration() -> client.Configuration:
         config.load_kube_config(
             config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
         )
+    # As many pooled connections as threads make calls (finetune_operator.main): urllib3
+    # would otherwise open, and then discard, a connection for every call beyond the pool.
+    configuration.connection_pool_maxsize = CONNECTIONS
     return configuration
 
 
@@ -79,9 +83,9 @@ class Kube:
 
     async def patch_finetunejob_status(
         self, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> None:
-        """A JSON merge patch of .status (null removes a field)."""
-        await self._call(
+    ) -> dict[str, Any]:
+        """A JSON merge patch of .status (null removes a field); the object as patched."""
+        patched: dict[str, Any] = await self._call(
             self._custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
@@ -90,6 +94,7 @@ class Kube:
             name,
             {"status": dict(status)},
         )
+        return patched
 
     # ------------------------------------------------------------ any finetune.dev kind
 

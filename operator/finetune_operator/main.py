@@ -8,6 +8,7 @@ chart). Serves a liveness probe at :<health_port>/healthz and Prometheus metrics
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import signal
@@ -25,7 +26,7 @@ from kubernetes.config import ConfigException
 from prometheus_client import start_http_server
 
 from finetune_core.store import open_store
-from finetune_operator import handlers
+from finetune_operator import handlers, polling
 from finetune_operator.controller import Controller
 from finetune_operator.kube import Kube, load_configuration
 from finetune_operator.leader import LeaderElector, LeaseApi, LeaseConfig, own_namespace
@@ -36,6 +37,8 @@ from finetune_operator.tournaments import TournamentController
 log = logging.getLogger(__name__)
 
 STOP_POLL_SECONDS = 0.1
+# Threads for the blocking API and store calls (kopf's workers and the poll share them).
+THREADS = handlers.WORKERS + polling.CONCURRENCY
 
 
 Flag = threading.Event | asyncio.Event
@@ -73,7 +76,30 @@ async def operate(
     kopf_settings.watching.connect_timeout = settings.api_timeout_seconds
     log.info("store %s; %s", store.uri(), ", ".join(settings.namespaces) or "all namespaces")
 
+    # The blocking clients (Kubernetes, S3) run in the loop's default thread pool; asyncio
+    # sizes it by CPU count (6 threads on 2 cores), which would serialize the reconciles of
+    # a burst of objects on a few in-flight requests.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="api")
+    )
+
     async def run_kopf(kopf_stop: Flag | None, ready: Flag | None, endpoint: str | None) -> None:
+        # The poll runs only while kopf does (so only in the leader): kopf's handlers start
+        # it (handlers.register); it stops the moment kopf is told to stop (a lost Lease: not
+        # one more write), and in any case when kopf has stopped.
+        async def stop_polling_on_flag() -> None:
+            while kopf_stop is not None and not kopf_stop.is_set():
+                await asyncio.sleep(STOP_POLL_SECONDS)
+            await controller.stop_polling()
+
+        watcher = asyncio.create_task(stop_polling_on_flag(), name="poll stopper")
+        try:
+            await _kopf(kopf_stop, ready, endpoint)
+        finally:
+            watcher.cancel()
+            await controller.stop_polling()
+
+    async def _kopf(kopf_stop: Flag | None, ready: Flag | None, endpoint: str | None) -> None:
         await kopf.operator(
             registry=registry,
             settings=kopf_settings,

@@ -161,6 +161,13 @@ STUCK_WAITING = frozenset(
 )
 
 
+def may_be_stuck(job: Mapping[str, Any], now: datetime, limit: float) -> bool:
+    """Whether a running Job is old enough that its pods may have waited `limit` seconds;
+    a younger one need not have its pods read (they were all created after it)."""
+    created = _moment(job["metadata"].get("creationTimestamp"))
+    return created is None or (now - created).total_seconds() > limit
+
+
 def stuck(
     job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: datetime, limit: float
 ) -> StageState | None:

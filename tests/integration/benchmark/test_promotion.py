@@ -223,3 +223,16 @@ def test_finetune_rollback_moves_the_alias_back(local_store: LocalStore) -> None
     assert done.returncode == 0, done.stdout
     assert "now points at agent-g1" in " ".join(done.stdout.split())
     assert read_champion(local_store, ALIAS).version == "agent-g1"  # type: ignore[union-attr]
+
+
+def test_many_promotions_at_once_all_succeed(store: ArtifactStore) -> None:
+    """More runs promoted to one alias at once than a promotion has attempts (an operator
+    finishing many lifecycles together): contention delays a promotion, never fails it."""
+    runs = [RunPaths("ml", f"crowd{index}", 1) for index in range(32)]
+    for run in runs:
+        finished_run(store, run, eval_loss=1.0)
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        uris = list(pool.map(lambda run: promote(store, run, SPEC), runs))
+    assert len(set(uris)) == len(runs)
+    champion = read_champion(store, ALIAS)
+    assert champion is not None and champion.version in {run.version for run in runs}

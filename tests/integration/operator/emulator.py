@@ -15,10 +15,12 @@ subclass adds it, in the spirit of the real server:
   409 or a stall, for the chaos suite;
 - lists honour labelSelector and carry the current resourceVersion; a watch takes its
   snapshot (or, with ?resourceVersion=, the events after it) and subscribes in one step,
-  so nothing that happens meanwhile is lost.
+  so nothing that happens meanwhile is lost;
+- the requests received are in `served()` (kmock's own record keeps only those in flight:
+  it matches each request against all it recorded, which made the n-th request cost O(n)).
 
 It overrides kmock internals (`_handle`, `_serve_list`, `_serve_watch`, `_lock`, `_buses`,
-`_objects`), hence the exact pin `kmock==0.8`.
+`_objects`, `_requests`), hence the exact pin `kmock==0.8`.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ class ApiServer(kmock.KubernetesEmulator):
 
     faults: Faults | None = None
     _revision: int = attrs.field(default=0, init=False)
+    _served: list[rendering.Request] = attrs.field(factory=list, init=False)
     _changes: dict[references.resource, list[tuple[int, dict[str, Any]]]] = attrs.field(
         factory=lambda: defaultdict(list), init=False
     )
@@ -138,7 +141,27 @@ class ApiServer(kmock.KubernetesEmulator):
         """Every object of a resource ever created, in order (deleted ones too)."""
         return [event["object"] for _, event in self._changes[resource] if event["type"] == "ADDED"]
 
+    def served(self) -> list[rendering.Request]:
+        """Every request received so far, in order.
+
+        kmock finds the reaction to a request by testing it against filters over every
+        request it has recorded, which makes serving the n-th request cost O(n): thousands
+        of objects would measure the emulator, not the operator. So its own record holds only
+        the requests in flight, and the full record is here."""
+        return list(self._served)
+
     async def _handle(self, request: rendering.Request) -> Any:
+        self._served.append(request)
+        try:
+            return await self._serve(request)
+        finally:
+            # Forget it by identity (kmock's requests compare by value).
+            for index in range(len(self._requests) - 1, -1, -1):
+                if self._requests[index] is request:
+                    del self._requests[index]
+                    break
+
+    async def _serve(self, request: rendering.Request) -> Any:
         fault = self.faults.draw(request) if self.faults is not None else None
         if fault == "stall":
             await asyncio.sleep(self.faults.stall_seconds if self.faults else 0)

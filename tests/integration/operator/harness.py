@@ -176,7 +176,7 @@ class Cluster:
         """Names of the Jobs the operator asked to create for a FineTuneJob, in order."""
         return [
             request.data["metadata"]["name"]
-            for request in self.api
+            for request in self.api.served()
             if request.method == "POST"
             and request.resource == JOBS
             and request.data["metadata"].get("labels", {}).get(LABEL_JOB) == owner

@@ -120,7 +120,9 @@ async def test_a_standby_operator_touches_nothing(
 
 
 def _lease_reads(api: ApiServer) -> int:
-    return sum(1 for request in api if request.method == "GET" and request.resource == LEASES)
+    return sum(
+        1 for request in api.served() if request.method == "GET" and request.resource == LEASES
+    )
 
 
 async def test_a_killed_leader_is_replaced_and_the_run_finishes(
@@ -216,14 +218,14 @@ async def test_a_leader_that_loses_the_lease_writes_nothing_until_it_leads_again
         lambda: any("lost the leadership" in r.getMessage() for r in caplog.records),
         "the operator to give the leadership up",
     )
-    quiet_from = len(list(cluster.api))
+    quiet_from = len(cluster.api.served())
     await cluster.job_running(train["metadata"]["name"])  # nobody may reconcile this now
     cluster.pod_trained(run)
     await cluster.job_succeeded(train["metadata"]["name"])
     await set_holder(cluster, None, 1)  # the usurper releases it
 
     await cluster.wait_for(lambda: holder(cluster.api) == own, "the operator leading again")
-    since = list(cluster.api)[quiet_from:]
+    since = cluster.api.served()[quiet_from:]
     # The window ends with the operator's write that took the Lease back.
     end = next(
         i

@@ -1,0 +1,90 @@
+"""The operator's own poll of runs in progress: what neither a FineTuneJob's nor a Job's watch
+event tells (the pods' progress in the store), what a missed watch event would have told,
+and the retry of a reconcile that failed.
+
+Only objects whose run can move on without a new event are on the schedule (a settled
+run, finished or awaiting approval, is not), each once per interval. Their first polls are
+spread over the interval rather than all at one moment, so a thousand objects created
+together are polled as a steady trickle, and at most CONCURRENCY reconciles of the poll run
+at once, so the poll never crowds out the reconciles that watch events start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+
+# Reconciles of the poll in flight at once. Each is mostly waiting on the API server and the
+# store; more would only queue in the thread pool the blocking clients run in.
+CONCURRENCY = 8
+
+
+class Schedule:
+    """When each object in progress is polled next (event-loop time)."""
+
+    def __init__(self, interval: float, seed: int | None = None) -> None:
+        self.interval = interval
+        self._due: dict[Key, float] = {}
+        self._random = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._due
+
+    def keep(self, key: Key, now: float) -> None:
+        """Poll `key` from now on (its first poll at a drawn moment within one interval);
+        an object already on the schedule keeps its moment."""
+        if key not in self._due:
+            self._due[key] = now + self.interval * self._random.uniform(0.5, 1.0)
+
+    def drop(self, key: Key) -> None:
+        self._due.pop(key, None)
+
+    def clear(self) -> None:
+        self._due.clear()
+
+    def take(self, now: float) -> list[Key]:
+        """The objects due now, each moved on by one interval."""
+        due = [key for key, at in self._due.items() if at <= now]
+        for key in due:
+            self._due[key] = max(self._due[key] + self.interval, now)
+        return due
+
+    def next_at(self) -> float | None:
+        return min(self._due.values(), default=None)
+
+
+async def poll(schedule: Schedule, reconcile: Callable[[str, str], Awaitable[None]]) -> None:
+    """Reconcile every object when it is due, until cancelled (then its reconciles too)."""
+    loop = asyncio.get_running_loop()
+    limit = asyncio.Semaphore(CONCURRENCY)
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(key: Key) -> None:
+        async with limit:
+            try:
+                await reconcile(*key)
+            except Exception as error:  # counted and shown by the reconcile; polled again
+                log.debug("%s/%s: poll failed: %s", key[0], key[1], error)
+
+    try:
+        while True:
+            for key in schedule.take(loop.time()):
+                task = asyncio.create_task(one(key), name=f"poll {key[0]}/{key[1]}")
+                running.add(task)
+                task.add_done_callback(running.discard)
+            next_at = schedule.next_at()
+            wait = schedule.interval if next_at is None else next_at - loop.time()
+            await asyncio.sleep(min(max(wait, 0.01), schedule.interval))
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
