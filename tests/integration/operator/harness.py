@@ -309,7 +309,7 @@ class Cluster:
         """Names of the FineTuneJobs the operator asked to create for a tournament."""
         return [
             request.data["metadata"]["name"]
-            for request in self.api
+            for request in self.api.served()
             if request.method == "POST"
             and request.resource == FINETUNEJOBS
             and request.data["metadata"].get("labels", {}).get("finetune.dev/tournament")
