@@ -16,12 +16,10 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from finetune_core.api import API_VERSION, KIND, PLURAL, EvaluationReport
-from finetune_core.promotion import ChampionChanged, PromotionError, promote
 from finetune_core.store import ArtifactStore, read_model_if_valid
 from finetune_core.tournament import TOURNAMENT_KIND, TOURNAMENT_PLURAL
 from finetune_core.tournament_lifecycle import (
@@ -36,6 +34,7 @@ from finetune_core.tournament_lifecycle import (
     evaluations_to_read,
     tournament_state,
 )
+from finetune_core.tournament_promotion import promote_winner
 from finetune_operator.builders import LABEL_MANAGED_BY, MANAGED_BY
 from finetune_operator.controller import EventPoster
 from finetune_operator.kube import Kube
@@ -140,21 +139,9 @@ class TournamentController:
     async def _promote(
         self, observation: TournamentObservation, plan: PromotionPlan
     ) -> TournamentObservation:
-        try:
-            uri = await asyncio.to_thread(
-                promote,
-                self.store,
-                plan.run,
-                plan.spec,
-                datetime.now(UTC),
-                version=plan.version,
-                card_extra=plan.card,
-            )
-        except ChampionChanged as lost:
-            return replace(observation, promotion_rejected=lost.verdict)
-        except PromotionError as error:
-            return replace(observation, promotion_error=str(error))
-        return replace(observation, promoted_uri=uri)
+        return await asyncio.to_thread(
+            promote_winner, self.store, observation, plan, datetime.now(UTC)
+        )
 
     async def _write_report(self, report: ReportPlan | None) -> None:
         if report is None:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,6 @@ from finetune_core.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTED
 from finetune_core.layout import RunPaths
 from finetune_core.lifecycle import APPROVE_ANNOTATION, Event, merge_patch
 from finetune_core.manifest import InvalidManifest, Problem, load_documents
-from finetune_core.promotion import ChampionChanged, PromotionError, promote
 from finetune_core.runs import latest_run, load_run
 from finetune_core.store import (
     ArtifactStore,
@@ -65,6 +64,7 @@ from finetune_core.tournament_lifecycle import (
     evaluations_to_read,
     tournament_state,
 )
+from finetune_core.tournament_promotion import promote_winner
 
 TOURNAMENT_EXIT = {
     "Promoted": EXIT_OK,
@@ -326,20 +326,7 @@ class TournamentRunner:
     ) -> TournamentObservation:
         plan = decision.promote
         assert plan is not None
-        try:
-            uri = promote(
-                self.store,
-                plan.run,
-                plan.spec,
-                datetime.now(UTC),
-                version=plan.version,
-                card_extra=plan.card,
-            )
-        except ChampionChanged as lost:
-            return replace(observation, promotion_rejected=lost.verdict)
-        except PromotionError as error:
-            return replace(observation, promotion_error=str(error))
-        return replace(observation, promoted_uri=uri)
+        return promote_winner(self.store, observation, plan, datetime.now(UTC))
 
     def write_report(self, decision: TournamentDecision) -> None:
         if decision.report is not None:
