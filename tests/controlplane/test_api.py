@@ -191,7 +191,7 @@ def test_kubectl_get_prints_the_columns(plane: ControlPlane) -> None:
         },
     )
     table = plane.kubectl("get", "ftj", "-n", NAMESPACE, "columns").stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "MODEL", "PROGRESS", "LOSS", "SLA", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "MODEL", "PROGRESS", "LOSS", "SLA", "GPU-H", "AGE"]
     row = table[1].split()
     assert row[:6] == [
         "columns",

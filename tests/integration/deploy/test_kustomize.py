@@ -42,6 +42,7 @@ def test_base_holds_the_whole_install_and_validates(base: list[dict[str, Any]]) 
         "ClusterRole",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
+        "CustomResourceDefinition",
         "Deployment",
         "Namespace",
         "Role",
@@ -49,8 +50,10 @@ def test_base_holds_the_whole_install_and_validates(base: list[dict[str, Any]]) 
         "ServiceAccount",
     ]
     assert schema_problems(base) == []
-    crd = one(base, "CustomResourceDefinition")
-    assert crd["spec"] == yaml.safe_load(CRD_FILE.read_text())["spec"]
+    crds = {obj["metadata"]["name"]: obj for obj in find(base, "CustomResourceDefinition")}
+    assert set(crds) == {"finetunejobs.finetune.dev", "finetunetournaments.finetune.dev"}
+    for name, crd in crds.items():
+        assert crd["spec"] == yaml.safe_load((CRD_FILE.parent / f"{name}.yaml").read_text())["spec"]
     for kind in ("Deployment", "ServiceAccount"):
         assert one(base, kind)["metadata"]["namespace"] == NAMESPACE
     assert one(base, "Namespace")["metadata"]["name"] == NAMESPACE
