@@ -301,6 +301,23 @@ def run_manifest(
     """`finetune run`: exit 0 promoted or awaiting approval, 2 rejected, 1 failed,
     130 interrupted (resume by running it again). `command` builds a stage's command line."""
     console = Console()
+
+    def run(job: LocalJob, settings: LocalSettings, artifacts: ArtifactStore) -> int:
+        return _run(console, job, artifacts, endpoint, command, settings)
+
+    return _with_job(console, path, store, endpoint, run, create_bucket=True)
+
+
+def _with_job(
+    console: Console,
+    path: Path,
+    store: str | None,
+    endpoint: str | None,
+    body: Callable[[LocalJob, LocalSettings, ArtifactStore], int],
+    create_bucket: bool = False,
+) -> int:
+    """Load the manifest and the local settings, open the store and hold the job's run lock
+    around `body`; every failure on the way is a message and exit 1."""
     try:
         job = load_job(path)
         settings = LocalSettings.from_env()
@@ -312,10 +329,10 @@ def run_manifest(
         return EXIT_FAILED
     try:
         artifacts = open_store(store, endpoint)
-        if isinstance(artifacts, S3Store):
+        if create_bucket and isinstance(artifacts, S3Store):
             artifacts.ensure_bucket()
         with run_lock(artifacts, job.namespace, job.name):
-            return _run(console, job, artifacts, endpoint, command, settings)
+            return body(job, settings, artifacts)
     except StoreUnavailable as error:
         console.print(f"[red]The artifact store is unreachable:[/] {error}")
         return EXIT_FAILED
@@ -449,65 +466,51 @@ def rebenchmark_run(
     as the annotation finetune.dev/rebenchmark does in a cluster. Only a Rejected or
     AwaitingApproval run: a promoted one is not re-gated."""
     console = Console()
-    try:
-        manifest = load_job(path)
-        settings = LocalSettings.from_env()
-    except InvalidManifest as invalid:
-        print_problems(console, path, invalid.problems)
-        return EXIT_FAILED
-    except InvalidSetting as invalid:
-        console.print(f"[red]{invalid}[/]", highlight=False)
-        return EXIT_FAILED
-    try:
-        artifacts = open_store(store, endpoint)
-        with run_lock(artifacts, manifest.namespace, manifest.name):
-            latest = latest_run(artifacts, manifest.namespace, manifest.name)
-            if latest is None:
-                console.print(
-                    f"[red]{manifest.namespace}/{manifest.name} has no run in "
-                    f"{artifacts.uri()}: run it first (finetune run {path})[/]",
-                    highlight=False,
-                )
-                return EXIT_FAILED
-            run, status = latest.paths, latest.status
-            if status.phase not in REBENCHMARKABLE:
-                why = (
-                    "a promoted run is not re-gated: retrain it (change the manifest) or roll "
-                    "back (finetune rollback)"
-                    if status.phase == "Promoted"
-                    else "only a Rejected or AwaitingApproval run is re-benchmarked"
-                )
-                console.print(
-                    f"[red]{run.namespace}/{run.name} generation {run.generation} is "
-                    f"{status.phase}; {why}[/]",
-                    highlight=False,
-                )
-                return EXIT_FAILED
-            config = latest.config
-            job = LocalJob(run.namespace, run.name, config.spec, manifest.gpus, None, config.uid)
-            # The value a person would annotate: the generation, the first time; then one of
-            # its own for each further round.
-            request = str(run.generation)
-            if status.rebenchmark_request == request:
-                request = f"{run.generation}/r{(status.benchmark_round or 1) + 1}"
-            with _executor(
-                console,
-                artifacts,
-                job,
-                run.generation,
-                status.to_wire(),
-                endpoint,
-                command,
-                rebenchmark=request,
-                settings=settings,
-            ) as executor:
-                return executor.execute()
-    except StoreUnavailable as error:
-        console.print(f"[red]The artifact store is unreachable:[/] {error}")
-        return EXIT_FAILED
-    except RunLocked as locked:
-        console.print(f"[red]{locked}[/]", highlight=False)
-        return EXIT_FAILED
+
+    def rebenchmark(manifest: LocalJob, settings: LocalSettings, artifacts: ArtifactStore) -> int:
+        latest = latest_run(artifacts, manifest.namespace, manifest.name)
+        if latest is None:
+            console.print(
+                f"[red]{manifest.namespace}/{manifest.name} has no run in "
+                f"{artifacts.uri()}: run it first (finetune run {path})[/]",
+                highlight=False,
+            )
+            return EXIT_FAILED
+        run, status = latest.paths, latest.status
+        if status.phase not in REBENCHMARKABLE:
+            why = (
+                "a promoted run is not re-gated: retrain it (change the manifest) or roll "
+                "back (finetune rollback)"
+                if status.phase == "Promoted"
+                else "only a Rejected or AwaitingApproval run is re-benchmarked"
+            )
+            console.print(
+                f"[red]{run.namespace}/{run.name} generation {run.generation} is "
+                f"{status.phase}; {why}[/]",
+                highlight=False,
+            )
+            return EXIT_FAILED
+        config = latest.config
+        job = LocalJob(run.namespace, run.name, config.spec, manifest.gpus, None, config.uid)
+        # The value a person would annotate: the generation, the first time; then one of
+        # its own for each further round.
+        request = str(run.generation)
+        if status.rebenchmark_request == request:
+            request = f"{run.generation}/r{(status.benchmark_round or 1) + 1}"
+        with _executor(
+            console,
+            artifacts,
+            job,
+            run.generation,
+            status.to_wire(),
+            endpoint,
+            command,
+            rebenchmark=request,
+            settings=settings,
+        ) as executor:
+            return executor.execute()
+
+    return _with_job(console, path, store, endpoint, rebenchmark)
 
 
 def approve_command(run: RunPaths, store: ArtifactStore, endpoint: str | None) -> str:
