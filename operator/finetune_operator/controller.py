@@ -44,9 +44,16 @@ from finetune_core.runs import new_run_config
 from finetune_core.store import ArtifactStore
 from finetune_operator import polling
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
+from finetune_operator.job_cache import JobCache
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import OperatorMetrics
-from finetune_operator.observe import may_be_stuck, run_state, stuck, termination_message
+from finetune_operator.observe import (
+    job_summary,
+    may_be_stuck,
+    run_state,
+    stuck,
+    termination_message,
+)
 from finetune_operator.polling import Schedule
 from finetune_operator.settings import OperatorSettings
 
@@ -115,6 +122,8 @@ class Controller:
         # Run directories known to hold this object's own config.json (run prefix, uid): a
         # config is written once, so it need not be read again on every pass.
         self._own_runs: set[tuple[str, str]] = set()
+        # Each object's Jobs as the watch saw them (kopf's index, given by the handlers).
+        self.jobs = JobCache()
 
     def start_polling(self) -> None:
         """Poll the runs in progress (finetune_operator.polling), unless it runs already.
@@ -132,6 +141,7 @@ class Controller:
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
         self.schedule.clear()
+        self.jobs.use(None)
 
     def own_write(self, namespace: str, name: str, version: str | None) -> bool:
         """Whether an object at `version` is just what this operator's last status patch
@@ -189,6 +199,7 @@ class Controller:
         self.metrics.forget(namespace, name)
         self.schedule.drop((namespace, name))
         self._written.pop((namespace, name), None)
+        self.jobs.forget(namespace, name)
 
     async def _pass(
         self, namespace: str, name: str, known: dict[str, Any] | None
@@ -200,14 +211,14 @@ class Controller:
         if obj is None:
             self.forget(namespace, name)
             return False, None
-        jobs = await self.kube.list_jobs(namespace, name)
+        jobs = await self._jobs(namespace, name)
         state = await self._unstick(run_state(obj, jobs, self.settings), jobs)
         observation = await self._observe(state)
         decision = decide(observation, datetime.now(UTC))
         if decision.promote:
             decision = decide(await self._promote(observation), datetime.now(UTC))
         try:
-            await self._carry_out(obj, observation.state, decision)
+            await self._carry_out(obj, observation.state, decision, jobs)
         except ApiException as error:
             if not refused_for_good(error):
                 raise  # a server error or a timeout: kopf retries the reconcile with back-off
@@ -237,6 +248,12 @@ class Controller:
         return decision.requeue, obj
 
     # ---------------------------------------------------------------- observe
+
+    async def _jobs(self, namespace: str, name: str) -> list[Mapping[str, Any]]:
+        """The object's Jobs: from the watch's cache, or listed where there is none."""
+        if self.jobs.ready:
+            return self.jobs.jobs(namespace, name)
+        return list(await self.kube.list_jobs(namespace, name))
 
     async def _observe(self, state: RunState) -> Observation:
         want = reads(state)
@@ -276,7 +293,7 @@ class Controller:
             stage_message=message and redact(message, self._secrets),
         )
 
-    async def _unstick(self, state: RunState, jobs: list[dict[str, Any]]) -> RunState:
+    async def _unstick(self, state: RunState, jobs: list[Mapping[str, Any]]) -> RunState:
         """A stage whose pod cannot start (no image, unschedulable, no pod at all) for longer
         than the operator allows is a failed stage, not one to wait for forever."""
         for stage in STAGES:
@@ -312,10 +329,19 @@ class Controller:
 
     # ---------------------------------------------------------------- act
 
-    async def _carry_out(self, obj: Mapping[str, Any], s: RunState, decision: Decision) -> None:
+    async def _carry_out(
+        self,
+        obj: Mapping[str, Any],
+        s: RunState,
+        decision: Decision,
+        jobs: list[Mapping[str, Any]],
+    ) -> None:
+        by_name = {job["metadata"]["name"]: job for job in jobs}
         for job in decision.delete:
             try:
                 await self.kube.delete_job(s.namespace, job)
+                if job in by_name:
+                    self.jobs.deleted(s.namespace, s.name, by_name[job])
                 log.info(
                     "%s/%s: deleted Job %s of a superseded generation", s.namespace, s.name, job
                 )
@@ -340,7 +366,9 @@ class Controller:
             run_uri=self.store.uri(s.paths.prefix),
             round=decision.round,
         )
-        created = await self.kube.create_job(manifest)
+        created, body = await self.kube.create_job(manifest)
+        if body is not None:
+            self.jobs.created(s.namespace, s.name, job_summary(body))
         log.info(
             "%s/%s: %s Job %s",
             s.namespace,

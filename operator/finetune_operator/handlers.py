@@ -31,13 +31,16 @@ from finetune_core.tournament_lifecycle import LABEL_TOURNAMENT, tournament_stat
 from finetune_operator.builders import LABEL_JOB
 from finetune_operator.controller import Controller
 from finetune_operator.kube import load_configuration
-from finetune_operator.observe import settled
+from finetune_operator.observe import job_summary, settled
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.tournaments import TournamentController
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "finetune.dev/operator"
+# kopf's index of the Jobs by owner (finetune_operator.job_cache), and the keyword argument
+# under which kopf hands it to every handler.
+JOBS_INDEX = "jobs_by_owner"
 TIMER_EXIT_SECONDS = 2.0
 
 
@@ -97,10 +100,19 @@ def register(
         # Loaded afresh on every login: kopf logs in again when a token expires.
         return connection_info(load_configuration())
 
+    @kopf.index(
+        "batch", "v1", "jobs", registry=registry, id=JOBS_INDEX, labels={LABEL_JOB: kopf.PRESENT}
+    )
+    def jobs_by_owner(
+        namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(namespace or "", labels[LABEL_JOB]): job_summary(body)}
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="finetunejob")
     async def finetunejob_event(
-        event: kopf.RawEvent, body: kopf.Body, meta: kopf.Meta, **_: Any
+        event: kopf.RawEvent, body: kopf.Body, meta: kopf.Meta, **kwargs: Any
     ) -> None:
+        controller.jobs.use(kwargs[JOBS_INDEX])
         controller.start_polling()
         namespace, name = meta["namespace"], meta["name"]
         kind = event.get("type")
@@ -119,14 +131,17 @@ def register(
         "batch", "v1", "jobs", registry=registry, id="child-job", labels={LABEL_JOB: kopf.PRESENT}
     )
     async def child_job_changed(
-        event: kopf.RawEvent, meta: kopf.Meta, labels: kopf.Labels, **_: Any
+        event: kopf.RawEvent, meta: kopf.Meta, labels: kopf.Labels, **kwargs: Any
     ) -> None:
         # A listing is no change: when the operator starts, listing the FineTuneJobs
         # reconciles every run in progress already; a change missed while a watch resumed
         # is caught by the poll.
+        controller.jobs.use(kwargs[JOBS_INDEX])
         controller.start_polling()
-        if event.get("type") is not None:
-            await reconcile(controller, meta["namespace"], labels[LABEL_JOB])
+        kind, namespace, owner = event.get("type"), meta["namespace"], labels[LABEL_JOB]
+        controller.jobs.observed(namespace, owner, meta.get("uid") or "", kind == "DELETED")
+        if kind is not None:
+            await reconcile(controller, namespace, owner)
 
 
 def register_tournaments(
@@ -190,10 +205,17 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
     # On exit, cancel handlers in flight rather than let them finish: a reconcile is safe to
     # interrupt anywhere.
     kopf_settings.queueing.exit_timeout = 0
+    # The initial listing (at every start and new leadership: thousands of FineTuneJobs and
+    # twice as many Jobs) comes in pages, so neither this process nor the API server holds
+    # one huge response; a watch then resumes from bookmarks without listing again.
+    kopf_settings.watching.chunk_size = LIST_PAGE
     # A tournament's timer stops when it settles, usually while finishing the very reconcile
     # that settled it: wait for that instead of polling the exiting timer for a minute.
     kopf_settings.background.instant_exit_timeout = TIMER_EXIT_SECONDS
 
+
+# Objects per page of kopf's initial listings.
+LIST_PAGE = 500
 
 # Threads for the reconciles started by watch events (the poll has its own limit).
 WORKERS = 32

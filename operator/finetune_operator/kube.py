@@ -202,17 +202,32 @@ class Kube:
         # Selected again here: a server that ignores the selector must not widen the result.
         return [item for item in items if _has_labels(item, labels)]
 
-    async def create_job(self, job: Mapping[str, Any]) -> bool:
-        """Create a Job; False when one of that name exists already (the same run's Job:
-        names are deterministic), which is not an error. Any other 409 (Conflict) created
-        nothing and is raised, to be retried."""
+    async def create_job(self, job: Mapping[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+        """Create a Job: (whether this call created it, the Job as the server has it). One
+        of that name may exist already (the same run's Job: names are deterministic), which
+        is not an error; it is read instead (None if it is gone again). Any other 409
+        (Conflict) created nothing and is raised, to be retried."""
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         try:
-            await self._call(self._batch.create_namespaced_job, job["metadata"]["namespace"], job)
+            created: dict[str, Any] = await self._call(
+                self._batch.create_namespaced_job, namespace, job
+            )
         except ApiException as error:
             if error.status == 409 and status_reason(error) == "AlreadyExists":
-                return False
+                return False, await self._read_job(namespace, name)
             raise
-        return True
+        return True, created
+
+    async def _read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = await self._call(
+                self._batch.read_namespaced_job, name, namespace
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its pods; an absent Job is not an error."""

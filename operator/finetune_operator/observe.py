@@ -22,6 +22,20 @@ from finetune_core.manifest import InvalidManifest, Problem, parse_manifest
 from finetune_operator.builders import LABEL_KUEUE_QUEUE, LABEL_MANAGED_BY, MANAGED_BY
 from finetune_operator.settings import OperatorSettings
 
+JOB_METADATA = ("name", "namespace", "uid", "labels", "ownerReferences", "creationTimestamp")
+
+
+def job_summary(job: Mapping[str, Any]) -> dict[str, Any]:
+    """What this module reads of a Job (its name, labels, owner, creation time, whether it is
+    suspended, its status): what the operator keeps of each Job it watches, without the pod
+    template that makes up most of a Job."""
+    meta = job.get("metadata") or {}
+    return {
+        "metadata": {key: meta[key] for key in JOB_METADATA if key in meta},
+        "spec": {"suspend": (job.get("spec") or {}).get("suspend")},
+        "status": dict(job.get("status") or {}),
+    }
+
 
 def stage_state(job: Mapping[str, Any]) -> StageState:
     """A Job's outcome from its conditions, as the Job controller sets them, and when it
