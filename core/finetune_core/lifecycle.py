@@ -369,6 +369,11 @@ class Decision:
     requeue: bool = False
     prune: Prune | None = None  # settled: drop older generations' run directories
 
+    @property
+    def acts(self) -> bool:
+        """Whether carrying it out does more than record a status and post Events."""
+        return bool(self.create or self.delete or self.promote or self.prune)
+
 
 @dataclass(frozen=True)
 class Prune:
@@ -1034,6 +1039,18 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def merge_diff(before: Any, after: Any) -> Any:
+    """The JSON merge patch that turns `before` into `after` (which holds no null): several
+    patches applied one after another, written as one."""
+    if not (isinstance(before, Mapping) and isinstance(after, Mapping)):
+        return copy.deepcopy(after)
+    patch: dict[str, Any] = {key: None for key in before if key not in after}
+    for key, value in after.items():
+        if key not in before or before[key] != value:
+            patch[key] = merge_diff(before.get(key), value)
+    return patch
 
 
 def without_nulls(value: Any) -> Any:

@@ -17,7 +17,7 @@ import logging
 import os
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +33,8 @@ from finetune_core.lifecycle import (
     Prune,
     RunState,
     decide,
+    merge_diff,
+    merge_patch,
     reads,
     retrying,
 )
@@ -89,6 +91,17 @@ def api_message(error: ApiException) -> str:
     return (
         f"{error.status} {error.reason}: {message}" if message else f"{error.status} {error.reason}"
     )
+
+
+@dataclass(frozen=True)
+class Unwritten:
+    """What a reconcile's earlier passes decided but left to a later pass to write: the
+    status as the API server has it (the patch is the difference from it), the Events and the
+    phases it moved through (for the metrics)."""
+
+    base: Mapping[str, Any]
+    events: tuple[Event, ...]
+    moved: tuple[str, ...]  # the phases moved into
 
 
 class Controller:
@@ -154,10 +167,12 @@ class Controller:
         key = (namespace, name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            obj = None
+            obj, unwritten = None, None
             try:
-                for _ in range(MAX_PASSES):
-                    requeue, obj = await self._pass(namespace, name, obj)
+                for left in reversed(range(MAX_PASSES)):
+                    requeue, obj, unwritten = await self._pass(
+                        namespace, name, obj, unwritten, may_defer=left > 0
+                    )
                     if not requeue:
                         break
                 else:
@@ -202,15 +217,22 @@ class Controller:
         self.jobs.forget(namespace, name)
 
     async def _pass(
-        self, namespace: str, name: str, known: dict[str, Any] | None
-    ) -> tuple[bool, dict[str, Any] | None]:
-        """One pass: (whether another should follow, the object as this pass left it).
-        `known` is the object as the previous pass of this reconcile patched it (the API's
-        answer to that patch, so no read is needed for it); None: read it."""
+        self,
+        namespace: str,
+        name: str,
+        known: dict[str, Any] | None,
+        unwritten: Unwritten | None,
+        may_defer: bool,
+    ) -> tuple[bool, dict[str, Any] | None, Unwritten | None]:
+        """One pass: (whether another should follow, the object as this pass left it, what
+        it left for the next pass to write). `known` is the object as the previous pass of
+        this reconcile left it (the API's answer to its patch, or the object with the
+        status it did not write yet), so no read is needed for it; None: read it.
+        `unwritten`: what earlier passes left to write, written with this pass's status."""
         obj = known or await self.kube.get_finetunejob(namespace, name)
         if obj is None:
             self.forget(namespace, name)
-            return False, None
+            return False, None, None
         jobs = await self._jobs(namespace, name)
         state = await self._unstick(run_state(obj, jobs, self.settings), jobs)
         observation = await self._observe(state)
@@ -224,28 +246,51 @@ class Controller:
                 raise  # a server error or a timeout: kopf retries the reconcile with back-off
             refused = replace(observation, create_refused=api_message(error))
             decision = decide(refused, datetime.now(UTC))
-        if decision.status:
-            patched = await self.kube.patch_finetunejob_status(namespace, name, decision.status)
-            if version := (patched.get("metadata") or {}).get("resourceVersion"):
-                # Several: the events of a reconcile's passes arrive after all of them.
-                written = self._written.setdefault((namespace, name), collections.deque(maxlen=4))
-                written.append(version)
-            obj = patched
+        status = merge_patch(obj.get("status") or {}, decision.status)
+        events = (unwritten.events if unwritten else ()) + decision.events
+        base = unwritten.base if unwritten else obj.get("status") or {}
+        moved = (unwritten.moved if unwritten else ()) + (
+            (decision.status["phase"],) if "phase" in decision.status else ()
+        )
+        if may_defer and decision.requeue and not decision.acts:
+            # A pass that only records a step (a new run's Validating): its status and
+            # Events are written with the next pass's, one patch instead of two.
+            return True, {**obj, "status": status}, Unwritten(base, events, moved)
+        patch = merge_diff(base, status) if unwritten else decision.status
+        if patch:
+            obj = await self._write_status(namespace, name, patch)
         if decision.prune is not None:
             await self._prune(observation.state, decision.prune)
-        phase = decision.status.get("phase") or observation.state.phase
-        self.metrics.observe(namespace, name, phase, moved="phase" in decision.status)
-        for event in decision.events:
+        for phase in moved:  # the phases this reconcile moved through, counted once written
+            self.metrics.observe(namespace, name, phase, moved=True)
+        self.metrics.observe(namespace, name, status.get("phase") or observation.state.phase, False)
+        self._announce(obj, events)
+        return decision.requeue, obj, None
+
+    async def _write_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Patch the status; the object as patched."""
+        patched = await self.kube.patch_finetunejob_status(namespace, name, patch)
+        if version := (patched.get("metadata") or {}).get("resourceVersion"):
+            # Several: the events of a reconcile's passes arrive after all of them.
+            written = self._written.setdefault((namespace, name), collections.deque(maxlen=4))
+            written.append(version)
+        return patched
+
+    def _announce(self, obj: Mapping[str, Any], events: tuple[Event, ...]) -> None:
+        """Log the Events and post them on the object."""
+        meta = obj.get("metadata") or {}
+        for event in events:
             log.log(
                 logging.WARNING if event.type == "Warning" else logging.INFO,
                 "%s/%s: %s: %s",
-                namespace,
-                name,
+                meta.get("namespace"),
+                meta.get("name"),
                 event.reason,
                 event.message,
             )
             self.post_event(obj, event)
-        return decision.requeue, obj
 
     # ---------------------------------------------------------------- observe
 
