@@ -5,7 +5,8 @@ its CPU seconds and memory are its own; the Kubernetes API is the emulator the o
 tests use, run in a process of its own too (default), or the real kube-apiserver of
 hack/control-plane (`--server apiserver`). This script plays the Job controller and the
 pods: every Job it sees runs for `--stage-seconds`, writes the files its stage leaves
-(tests/support/stage_files.py) and succeeds. The store is moto's S3 server, in this process.
+(tests/support/stage_files.py) and succeeds. The store is the control plane's MinIO beside
+the real API server, moto's S3 server (in this process) beside the emulator.
 
 Printed: p50/p95/max from create to the training Job and from the training Job's success to
 the benchmark Job; the operator's API writes per lifecycle (counted by the emulator, or from
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +33,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,7 @@ from tests.integration.operator.harness import (  # noqa: E402
 from tests.support import stage_files  # noqa: E402
 from tests.support.manifests import small_job  # noqa: E402
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "scale-access-key", "AWS_SECRET_ACCESS_KEY": "scale-secret"}
+MOTO_CREDENTIALS = {"accessKey": "scale-access-key", "secretKey": "scale-secret"}
 WRITES = ("CREATE", "UPDATE", "DELETE")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LEASE_NAMESPACE = "finetune-system"
@@ -136,6 +138,10 @@ class Backend:
 
     async def writes(self) -> Counter[str]:
         raise NotImplementedError
+
+    def s3(self) -> dict[str, str] | None:
+        """The S3 server beside this API server (endpoint, accessKey, secretKey), if any."""
+        return None
 
     async def stop(self) -> None:
         raise NotImplementedError
@@ -231,6 +237,9 @@ class ApiServerBackend(Backend):
             )
             writes[f"{verbs[event['verb']]} {kind}"] += 1
         return writes
+
+    def s3(self) -> dict[str, str] | None:
+        return self.plane.s3()
 
     async def stop(self) -> None:
         from tests.controlplane import server
@@ -378,29 +387,57 @@ async def wait_leading(health: str, operator_pid: int, timeout: float = 120) -> 
     raise RuntimeError("the operator did not become the leader")
 
 
-async def run(args: argparse.Namespace, s3_endpoint: str, workdir: Path) -> int:
+async def run(args: argparse.Namespace, workdir: Path) -> int:
     backend: Backend = ApiServerBackend() if args.server == "apiserver" else EmulatorBackend()
+    await backend.start(workdir)
+    try:
+        with s3_server(backend) as s3:
+            return await measure(args, workdir, backend, s3)
+    finally:
+        await backend.stop()
+
+
+@contextlib.contextmanager
+def s3_server(backend: Backend) -> Iterator[dict[str, str]]:
+    """The control plane's MinIO beside the real API server (Go, as a cluster's store is);
+    moto's S3 server, in this process, beside the emulator."""
+    s3 = backend.s3()
+    if s3 is not None:
+        yield s3
+        return
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    try:
+        host, port = moto.get_host_and_port()
+        yield {"endpoint": f"http://{host}:{port}", **MOTO_CREDENTIALS}
+    finally:
+        moto.stop()
+
+
+async def measure(
+    args: argparse.Namespace, workdir: Path, backend: Backend, s3: dict[str, str]
+) -> int:
     bucket = f"scale-{uuid.uuid4().hex[:10]}"
     store = S3Store(
-        bucket,
-        endpoint=s3_endpoint,
-        access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        bucket, endpoint=s3["endpoint"], access_key=s3["accessKey"], secret_key=s3["secretKey"]
     )
     store.ensure_bucket()
     store.put_bytes("datasets/chat.jsonl", b'{"messages": [{"role": "user", "content": "hi"}]}\n')
-    await backend.start(workdir)
     health_port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"},
-        **CREDENTIALS,
+        "AWS_ACCESS_KEY_ID": s3["accessKey"],
+        "AWS_SECRET_ACCESS_KEY": s3["secretKey"],
         "PYTHONPATH": os.pathsep.join(
             [str(REPO / p) for p in ("core", "operator", "trainer", "cli")]
             + [os.environ.get("PYTHONPATH", "")]
         ),
         "KUBECONFIG": str(backend.operator_kubeconfig),
         "FINETUNE_STORE": f"s3://{bucket}",
-        "FINETUNE_S3_ENDPOINT": s3_endpoint,
+        "FINETUNE_S3_ENDPOINT": s3["endpoint"],
         "FINETUNE_TRAINER_IMAGE": "registry.test/finetune/trainer:scale",
         "FINETUNE_HEALTH_PORT": str(health_port),
         "FINETUNE_METRICS_PORT": "0",
@@ -483,7 +520,6 @@ async def run(args: argparse.Namespace, s3_endpoint: str, workdir: Path) -> int:
             except TimeoutError:
                 operator.kill()
                 await operator.wait()
-        await backend.stop()
 
 
 async def start_py_spy(path: Path, pid: int, tasks: set[asyncio.Task[None]]) -> None:
@@ -589,20 +625,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", type=Path, default=None, help="record a flame graph here")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the operator's log here")
     args = parser.parse_args(argv)
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    s3.start()
-    host, port = s3.get_host_and_port()
-    try:
-        if args.workdir:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            return asyncio.run(run(args, f"http://{host}:{port}", args.workdir))
-        with tempfile.TemporaryDirectory(prefix="scale-") as workdir:
-            return asyncio.run(run(args, f"http://{host}:{port}", Path(workdir)))
-    finally:
-        s3.stop()
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return asyncio.run(run(args, args.workdir))
+    with tempfile.TemporaryDirectory(prefix="scale-") as workdir:
+        return asyncio.run(run(args, Path(workdir)))
 
 
 if __name__ == "__main__":

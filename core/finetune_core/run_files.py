@@ -25,9 +25,10 @@ from finetune_core.promotion import PromotionError, read_champion
 from finetune_core.store import (
     ArtifactStore,
     InvalidFile,
-    open_object,
+    open_store,
     read_model,
     read_model_if_valid,
+    split_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,16 @@ def last_checkpoint(store: ArtifactStore, run: RunPaths) -> str | None:
     return None if newest is None else run.checkpoint(newest)
 
 
-def dataset_missing_at(uri: str, endpoint: str | None) -> bool:
+def dataset_missing_at(uri: str, endpoint: str | None, runs: ArtifactStore | None = None) -> bool:
     """Whether a dataset is certainly absent; when the check itself fails (no access, the
-    store is down), the training stage finds out and reports it."""
+    store is down), the training stage finds out and reports it. A dataset in the runs'
+    own bucket is looked up with that store's client (a client of its own would open a
+    connection and ask for the bucket's region first)."""
     try:
-        store, key = open_object(uri, endpoint)
+        location, key = split_uri(uri)
+        store = (
+            runs if runs is not None and runs.uri() == location else open_store(location, endpoint)
+        )
         return not store.exists(key)
     except Exception as error:  # unreachable, access denied (the S3 client's own errors)
         log.warning("could not check that %s exists: %s", uri, error)
@@ -110,7 +116,7 @@ def read_run_files(
 ) -> RunFiles:
     """Everything `want` names, read in one go (blocking: the operator runs it in a thread).
     A run directory written for another object `uid` holds nothing of this run's."""
-    dataset_missing = dataset_missing_at(want.dataset, endpoint) if want.dataset else False
+    dataset_missing = dataset_missing_at(want.dataset, endpoint, store) if want.dataset else False
     wants_run_files = want.progress or want.metrics or want.report or want.evaluation or want.error
     if (wants_run_files or want.checkpoints or want.finished) and written_for_another(
         store, run, uid
