@@ -31,6 +31,9 @@ M = TypeVar("M", bound=BaseModel)
 STORE_ENV = "FINETUNE_STORE"
 ENDPOINT_ENV = "FINETUNE_S3_ENDPOINT"
 DEFAULT_LOCAL_STORE = ".finetune"
+# Connections an S3 store keeps open for reuse: at least as many as threads use it at once
+# (the operator's thread pool: finetune_operator.main).
+S3_CONNECTIONS = 48
 
 
 class NotFound(KeyError):
@@ -284,15 +287,29 @@ class S3Store(ArtifactStore):
         retries: int = 5,
         backoff_seconds: float = 0.5,
     ):
+        import certifi
+        import urllib3
         from minio import Minio
 
         endpoint = endpoint or "https://s3.amazonaws.com"
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        # minio's own pool settings but the pool's size: it keeps 10 connections, and the
+        # operator's threads (more than 10) would open and discard one per request beyond.
+        http = urllib3.PoolManager(
+            maxsize=S3_CONNECTIONS,
+            timeout=urllib3.Timeout(connect=300, read=300),
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            retries=urllib3.Retry(
+                total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
+        )
         self.client = Minio(
             parsed.netloc,
             access_key=access_key,
             secret_key=secret_key,
             secure=parsed.scheme == "https",
+            http_client=http,
         )
         self.bucket = bucket
         self.prefix = prefix.strip("/")
