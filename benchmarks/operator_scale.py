@@ -493,6 +493,7 @@ async def measure(
             writes1 = await backend.writes()
             rss1, peak1 = memory_mb(operator.pid)
             # Settled: every object Promoted. What does holding them cost?
+            print(f"all Promoted; measuring {args.settled_seconds:.0f} s settled", flush=True)
             await asyncio.sleep(args.settled_seconds)
             cpu2 = cpu_seconds(operator.pid)
             rss2, peak2 = memory_mb(operator.pid)

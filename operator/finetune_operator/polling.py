@@ -66,7 +66,7 @@ async def poll(schedule: Schedule, reconcile: Callable[[str, str], Awaitable[Non
     """Reconcile every object when it is due, until cancelled (then its reconciles too)."""
     loop = asyncio.get_running_loop()
     limit = asyncio.Semaphore(CONCURRENCY)
-    running: set[asyncio.Task[None]] = set()
+    running: dict[Key, asyncio.Task[None]] = {}
 
     async def one(key: Key) -> None:
         async with limit:
@@ -74,17 +74,22 @@ async def poll(schedule: Schedule, reconcile: Callable[[str, str], Awaitable[Non
                 await reconcile(*key)
             except Exception as error:  # counted and shown by the reconcile; polled again
                 log.debug("%s/%s: poll failed: %s", key[0], key[1], error)
+            finally:
+                running.pop(key, None)
 
     try:
         while True:
             for key in schedule.take(loop.time()):
-                task = asyncio.create_task(one(key), name=f"poll {key[0]}/{key[1]}")
-                running.add(task)
-                task.add_done_callback(running.discard)
+                # One poll per object at a time: when the polls fall behind (a burst of
+                # creations on a busy CPU), an object due again while its last poll still
+                # waits its turn is not queued twice; a backlog would outlive the runs.
+                if key not in running:
+                    running[key] = asyncio.create_task(one(key), name=f"poll {key[0]}/{key[1]}")
             next_at = schedule.next_at()
             wait = schedule.interval if next_at is None else next_at - loop.time()
             await asyncio.sleep(min(max(wait, 0.01), schedule.interval))
     finally:
-        for task in running:
+        tasks = list(running.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
