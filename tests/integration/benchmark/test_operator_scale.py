@@ -1,0 +1,37 @@
+"""benchmarks/operator_scale.py with three FineTuneJobs on the emulator, so the script that
+measures the operator at scale keeps working between measurements. Latencies and CPU seconds
+are what the script prints, never a test's verdict; the API writes per lifecycle are counts
+(the issue's budget is 12) and a settled operator writes nothing but its Lease."""
+
+from __future__ import annotations
+
+import re
+
+from tests.integration.benchmark.test_trainer_benchmarks import run_script
+
+
+def test_operator_scale_runs_three_lifecycles_and_counts_their_writes() -> None:
+    printed = run_script(
+        "operator_scale.py",
+        "--count",
+        "3",
+        "--stage-seconds",
+        "0.4",
+        "--settled-seconds",
+        "2",
+        "--progress-interval",
+        "1",
+        "--timeout",
+        "300",
+    )
+    assert "all Promoted after" in printed
+    assert re.search(r"create -> training Job: p50 [\d.]+ s, .*\(n=3\)", printed), printed
+    assert re.search(r"training done -> benchmark Job: p50 [\d.]+ s, .*\(n=3\)", printed)
+    writes = re.search(r"API writes per lifecycle: ([\d.]+) \((.*)\)", printed)
+    assert writes is not None, printed
+    assert float(writes.group(1)) <= 12, printed
+    assert "CREATE jobs 2.00" in writes.group(2)  # a training and a benchmark Job, once each
+    assert "CREATE events" in writes.group(2)
+    settled = re.search(r"settled: .* API writes (\d+) \((.*)\)", printed)
+    assert settled is not None, printed
+    assert all("leases" in kind for kind in settled.group(2).split(", ") if kind), printed
