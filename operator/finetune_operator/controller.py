@@ -47,7 +47,7 @@ from finetune_core.store import ArtifactStore
 from finetune_operator import polling
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
 from finetune_operator.job_cache import JobCache
-from finetune_operator.kube import Kube
+from finetune_operator.kube import Kube, NotLeading
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.observe import (
     job_summary,
@@ -179,6 +179,8 @@ class Controller:
                     log.warning(
                         "%s/%s: still changing after %d passes", namespace, name, MAX_PASSES
                     )
+            except NotLeading:
+                raise  # the Lease was lost: the next leader takes the object over
             except Exception as error:
                 # Polled again within one interval: the back-off of a failed reconcile.
                 self.schedule.keep(key, asyncio.get_running_loop().time())

@@ -30,7 +30,7 @@ from finetune_core.tournament import TOURNAMENT_PLURAL
 from finetune_core.tournament_lifecycle import LABEL_TOURNAMENT, tournament_state
 from finetune_operator.builders import LABEL_JOB
 from finetune_operator.controller import Controller
-from finetune_operator.kube import load_configuration
+from finetune_operator.kube import NotLeading, load_configuration
 from finetune_operator.observe import job_summary, settled
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.tournaments import TournamentController
@@ -75,6 +75,8 @@ async def reconcile(controller: Controller, namespace: str, name: str) -> None:
     and shown in the object's conditions; kopf need not log its traceback."""
     try:
         await controller.reconcile(namespace, name)
+    except NotLeading:
+        log.info("%s/%s: reconcile stopped: the Lease was lost", namespace, name)
     except Exception as error:
         log.warning("%s/%s: reconcile failed, retried by the poll: %s", namespace, name, error)
 

@@ -44,11 +44,18 @@ def load_configuration() -> client.Configuration:
     return configuration
 
 
+class NotLeading(RuntimeError):
+    """A write refused because this operator no longer leads (its Lease was lost)."""
+
+
 class Kube:
     """Async wrappers over the blocking client, one call per method."""
 
     def __init__(self, api_client: client.ApiClient, timeout: float | None = None):
         self._client = api_client
+        # Asked right before every write is sent (in the thread that sends it): a reconcile
+        # still running when the Lease is lost writes nothing more (finetune_operator.main).
+        self.may_write: Callable[[], bool] = lambda: True
         self._timeout = timeout  # per request: a hung connection fails instead of blocking
         self._batch = client.BatchV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
@@ -70,6 +77,16 @@ class Kube:
         )
         return json.loads(response.data or b"null")
 
+    async def _write(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """_call for a create, patch or delete: refused (NotLeading) once may_write says no."""
+
+        def send(*args: Any, **kwargs: Any) -> Any:
+            if not self.may_write():
+                raise NotLeading("not the leader any more: the write was not sent")
+            return call(*args, **kwargs)
+
+        return await self._call(send, *args, **kwargs)
+
     async def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             obj: dict[str, Any] = await self._call(
@@ -85,7 +102,7 @@ class Kube:
         self, namespace: str, name: str, status: Mapping[str, Any]
     ) -> dict[str, Any]:
         """A JSON merge patch of .status (null removes a field); the object as patched."""
-        patched: dict[str, Any] = await self._call(
+        patched: dict[str, Any] = await self._write(
             self._custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
@@ -129,7 +146,7 @@ class Kube:
         """Create an object; False when one of that name exists already (not an error)."""
         namespace = body["metadata"]["namespace"]
         try:
-            await self._call(
+            await self._write(
                 self._custom.create_namespaced_custom_object,
                 GROUP,
                 VERSION,
@@ -147,7 +164,7 @@ class Kube:
         self, plural: str, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> None:
         """A JSON merge patch of the object (its metadata and spec)."""
-        await self._call(
+        await self._write(
             self._custom.patch_namespaced_custom_object,
             GROUP,
             VERSION,
@@ -160,7 +177,7 @@ class Kube:
     async def patch_custom_status(
         self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
     ) -> None:
-        await self._call(
+        await self._write(
             self._custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
@@ -173,7 +190,7 @@ class Kube:
     async def delete_custom(self, plural: str, namespace: str, name: str) -> None:
         """Delete an object (its own children go with it); an absent one is not an error."""
         try:
-            await self._call(
+            await self._write(
                 self._custom.delete_namespaced_custom_object,
                 GROUP,
                 VERSION,
@@ -209,7 +226,7 @@ class Kube:
         (Conflict) created nothing and is raised, to be retried."""
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         try:
-            created: dict[str, Any] = await self._call(
+            created: dict[str, Any] = await self._write(
                 self._batch.create_namespaced_job, namespace, job
             )
         except ApiException as error:
@@ -232,7 +249,7 @@ class Kube:
     async def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its pods; an absent Job is not an error."""
         try:
-            await self._call(
+            await self._write(
                 self._batch.delete_namespaced_job,
                 name,
                 namespace,

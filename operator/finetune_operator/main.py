@@ -84,9 +84,13 @@ async def operate(
     )
 
     async def run_kopf(kopf_stop: Flag | None, ready: Flag | None, endpoint: str | None) -> None:
+        # From the moment kopf is told to stop (a lost Lease), not one more write: a reconcile
+        # still in flight has its next write refused, wherever it is.
+        kube.may_write = lambda: kopf_stop is None or not kopf_stop.is_set()
+
         # The poll runs only while kopf does (so only in the leader): kopf's handlers start
-        # it (handlers.register); it stops the moment kopf is told to stop (a lost Lease: not
-        # one more write), and in any case when kopf has stopped.
+        # it (handlers.register); it stops when kopf is told to stop, and in any case when
+        # kopf has stopped.
         async def stop_polling_on_flag() -> None:
             while kopf_stop is not None and not kopf_stop.is_set():
                 await asyncio.sleep(STOP_POLL_SECONDS)
