@@ -105,9 +105,11 @@ def register(
     @kopf.index(
         "batch", "v1", "jobs", registry=registry, id=JOBS_INDEX, labels={LABEL_JOB: kopf.PRESENT}
     )
-    def jobs_by_owner(
+    async def jobs_by_owner(
         namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], dict[str, Any]]:
+        # async although it awaits nothing: kopf runs a plain function in its thread pool, a
+        # hop through a busy pool for every Job event before the event's handler may run.
         return {(namespace or "", labels[LABEL_JOB]): job_summary(body)}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="finetunejob")
