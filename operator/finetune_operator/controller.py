@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -263,9 +263,8 @@ class Controller:
             obj = await self._write_status(namespace, name, patch)
         if decision.prune is not None:
             await self._prune(observation.state, decision.prune)
-        for phase in moved:  # the phases this reconcile moved through, counted once written
-            self.metrics.observe(namespace, name, phase, moved=True)
-        self.metrics.observe(namespace, name, status.get("phase") or observation.state.phase, False)
+        # The phases this reconcile moved through are counted once written.
+        self.metrics.observe(namespace, name, status.get("phase") or observation.state.phase, moved)
         self._announce(obj, events)
         return decision.requeue, obj, None
 
@@ -296,11 +295,11 @@ class Controller:
 
     # ---------------------------------------------------------------- observe
 
-    async def _jobs(self, namespace: str, name: str) -> list[Mapping[str, Any]]:
+    async def _jobs(self, namespace: str, name: str) -> Sequence[Mapping[str, Any]]:
         """The object's Jobs: from the watch's cache, or listed where there is none."""
         if self.jobs.ready:
             return self.jobs.jobs(namespace, name)
-        return list(await self.kube.list_jobs(namespace, name))
+        return await self.kube.list_jobs(namespace, name)
 
     async def _observe(self, state: RunState) -> Observation:
         want = reads(state)
@@ -340,7 +339,7 @@ class Controller:
             stage_message=message and redact(message, self._secrets),
         )
 
-    async def _unstick(self, state: RunState, jobs: list[Mapping[str, Any]]) -> RunState:
+    async def _unstick(self, state: RunState, jobs: Sequence[Mapping[str, Any]]) -> RunState:
         """A stage whose pod cannot start (no image, unschedulable, no pod at all) for longer
         than the operator allows is a failed stage, not one to wait for forever."""
         for stage in STAGES:
@@ -381,7 +380,7 @@ class Controller:
         obj: Mapping[str, Any],
         s: RunState,
         decision: Decision,
-        jobs: list[Mapping[str, Any]],
+        jobs: Sequence[Mapping[str, Any]],
     ) -> None:
         by_name = {job["metadata"]["name"]: job for job in jobs}
         for job in decision.delete:

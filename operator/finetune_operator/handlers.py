@@ -143,7 +143,7 @@ def register(
         controller.jobs.use(kwargs[JOBS_INDEX])
         controller.start_polling()
         kind, namespace, owner = event.get("type"), meta["namespace"], labels[LABEL_JOB]
-        controller.jobs.observed(namespace, owner, meta.get("uid") or "", kind == "DELETED")
+        controller.jobs.observed(namespace, owner, meta.get("uid") or "")
         if kind is not None:
             await reconcile(controller, namespace, owner)
 

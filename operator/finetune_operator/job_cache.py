@@ -76,14 +76,13 @@ class JobCache:
             self._deleted.setdefault(key, set()).add(uid)
             self._created.get(key, {}).pop(uid, None)
 
-    def observed(self, namespace: str, owner: str, uid: str, gone: bool) -> None:
-        """The watch's event about a Job: whatever it was, it is expected no longer (kopf
-        may merge a Job's ADDED and DELETED events into the last one, which the index then
-        never shows)."""
+    def observed(self, namespace: str, owner: str, uid: str) -> None:
+        """The watch's event about a Job: its creation is expected no longer, whatever the
+        event (kopf may merge a Job's ADDED and DELETED events into the last one, which the
+        index then never shows). A deletion needs no such help: `jobs` forgets it once the
+        index has dropped the Job."""
         key = (namespace, owner)
         self._created.get(key, {}).pop(uid, None)
-        if gone:
-            self._deleted.get(key, set()).discard(uid)
         self._tidy(key)
 
     def forget(self, namespace: str, owner: str) -> None:

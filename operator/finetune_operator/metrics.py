@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -51,23 +52,30 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self._phases: dict[tuple[str, str], str] = {}
-        self._publish()
+        for phase in PHASES:
+            self._jobs.labels(phase=phase).set(0)
 
-    def observe(self, namespace: str, name: str, phase: str | None, moved: bool) -> None:
-        """Record a job's phase after a reconcile; `moved` when it just transitioned there."""
-        if moved and phase in self._transitions:
-            self._transitions[phase].inc()
+    def observe(
+        self, namespace: str, name: str, phase: str | None, moved: Sequence[str] = ()
+    ) -> None:
+        """Record a job's phase after a reconcile, and the phases it just moved into."""
+        for reached in moved:
+            if reached in self._transitions:
+                self._transitions[reached].inc()
         if phase is not None:
-            self._phases[(namespace, name)] = phase
-            self._publish()
+            self._move((namespace, name), phase)
 
     def forget(self, namespace: str, name: str) -> None:
-        if self._phases.pop((namespace, name), None) is not None:
-            self._publish()
+        self._move((namespace, name), None)
 
-    def _publish(self) -> None:
-        counts = dict.fromkeys(PHASES, 0)
-        for phase in self._phases.values():
-            counts[phase] = counts.get(phase, 0) + 1
-        for phase, count in counts.items():
-            self._jobs.labels(phase=phase).set(count)
+    def _move(self, key: tuple[str, str], phase: str | None) -> None:
+        """Move one job between the gauge's phases (not a recount of every job: this runs
+        on every reconcile, with thousands of jobs)."""
+        before = self._phases.pop(key, None)
+        if phase is not None:
+            self._phases[key] = phase
+        if before != phase:
+            if before is not None:
+                self._jobs.labels(phase=before).dec()
+            if phase is not None:
+                self._jobs.labels(phase=phase).inc()

@@ -435,24 +435,11 @@ def approve_run(
             "only a run in AwaitingApproval can be approved[/]"
         )
         return EXIT_FAILED
-    config = snapshot.config
-    job = LocalJob(run.namespace, run.name, config.spec, 0, None, config.uid)
     try:
-        with (
-            run_lock(artifacts, run.namespace, run.name),
-            _executor(
-                console,
-                artifacts,
-                job,
-                run.generation,
-                status.to_wire(),
-                endpoint,
-                command,
-                approved=True,
-                settings=settings,
-            ) as executor,
-        ):
-            return executor.execute()
+        with run_lock(artifacts, run.namespace, run.name):
+            return _execute_recorded(
+                console, artifacts, snapshot, 0, endpoint, command, settings, approved=True
+            )
     except RunLocked as locked:
         console.print(f"[red]{locked}[/]", highlight=False)
         return EXIT_FAILED
@@ -490,27 +477,53 @@ def rebenchmark_run(
                 highlight=False,
             )
             return EXIT_FAILED
-        config = latest.config
-        job = LocalJob(run.namespace, run.name, config.spec, manifest.gpus, None, config.uid)
         # The value a person would annotate: the generation, the first time; then one of
         # its own for each further round.
         request = str(run.generation)
         if status.rebenchmark_request == request:
             request = f"{run.generation}/r{(status.benchmark_round or 1) + 1}"
-        with _executor(
+        return _execute_recorded(
             console,
             artifacts,
-            job,
-            run.generation,
-            status.to_wire(),
+            latest,
+            manifest.gpus,
             endpoint,
             command,
+            settings,
             rebenchmark=request,
-            settings=settings,
-        ) as executor:
-            return executor.execute()
+        )
 
     return _with_job(console, path, store, endpoint, rebenchmark)
+
+
+def _execute_recorded(
+    console: Console,
+    artifacts: ArtifactStore,
+    snapshot: RunSnapshot,
+    gpus: int,
+    endpoint: str | None,
+    command: StageCommand,
+    settings: LocalSettings | None,
+    approved: bool = False,
+    rebenchmark: str | None = None,
+) -> int:
+    """Carry a recorded run on from its status (an approval, a re-benchmark), with the
+    spec and owner its config.json recorded."""
+    run, config = snapshot.paths, snapshot.config
+    job = LocalJob(run.namespace, run.name, config.spec, gpus, None, config.uid)
+    with _executor(
+        console,
+        artifacts,
+        job,
+        run.generation,
+        snapshot.status.to_wire(),
+        endpoint,
+        command,
+        approved=approved,
+        rebenchmark=rebenchmark,
+        settings=settings,
+    ) as executor:
+        return executor.execute()
 
 
 def approve_command(run: RunPaths, store: ArtifactStore, endpoint: str | None) -> str:

@@ -53,7 +53,7 @@ def test_a_created_job_whose_events_were_merged_into_deleted_is_not_kept() -> No
     cache = JobCache()
     cache.use({})
     cache.created(*OWNER, job("demo-g1-train", "u1"))
-    cache.observed(*OWNER, "u1", gone=True)
+    cache.observed(*OWNER, "u1")
     assert cache.jobs(*OWNER) == []
 
 
@@ -68,7 +68,7 @@ def test_a_deleted_job_is_hidden_until_the_watch_drops_it_and_a_namesake_is_not(
     index[OWNER] = [old, job("demo-g1-train", "u2")]
     assert [j["metadata"]["uid"] for j in cache.jobs(*OWNER)] == ["u2"]
     index[OWNER] = [job("demo-g1-train", "u2")]
-    cache.observed(*OWNER, "u1", gone=True)
+    cache.observed(*OWNER, "u1")
     assert [j["metadata"]["uid"] for j in cache.jobs(*OWNER)] == ["u2"]
 
 
