@@ -44,6 +44,22 @@ def load_configuration() -> client.Configuration:
     return configuration
 
 
+async def call_json(
+    call: Callable[..., Any], *args: Any, timeout: float | tuple[float, float], **kwargs: Any
+) -> Any:
+    """A call of the official client in a thread, its response body read and parsed as JSON
+    in that thread too. The connection goes back to the pool only once the body is read: a
+    response handed to the event loop unread held its connection until the loop got round
+    to it, so under load the pool ran dry and every further call opened (and then threw
+    away) a new TLS connection."""
+
+    def send() -> Any:
+        response = call(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
+        return json.loads(response.data or b"null")
+
+    return await asyncio.to_thread(send)
+
+
 class NotLeading(RuntimeError):
     """A write refused because this operator no longer leads (its Lease was lost)."""
 
@@ -72,10 +88,7 @@ class Kube:
         """One API call in a thread, bounded in time: a stalled connection is an error the
         reconcile retries, never a reconcile that hangs."""
         timeout = REQUEST_TIMEOUT if self._timeout is None else self._timeout
-        response = await asyncio.to_thread(
-            call, *args, _preload_content=False, _request_timeout=timeout, **kwargs
-        )
-        return json.loads(response.data or b"null")
+        return await call_json(call, *args, timeout=timeout, **kwargs)
 
     async def _write(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """_call for a create, patch or delete: refused (NotLeading) once may_write says no."""

@@ -17,7 +17,6 @@ handlers rather than guaranteeing that exactly one process runs them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -28,6 +27,8 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from finetune_operator.kube import call_json
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,7 @@ class LeaseApi:
         self._timeout = timeout
 
     async def _call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        response = await asyncio.to_thread(
-            call, *args, _preload_content=False, _request_timeout=self._timeout, **kwargs
-        )
-        return json.loads(response.data or b"null")
+        return await call_json(call, *args, timeout=self._timeout, **kwargs)
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
