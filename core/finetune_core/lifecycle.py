@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
+from functools import cached_property
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel
@@ -142,8 +143,9 @@ class RunState:
     price: Price = field(default_factory=Price)  # of one GPU-hour
     keep_generations: int | None = None  # the executor's retention default
 
-    @property
+    @cached_property
     def status(self) -> FineTuneJobStatus:
+        """Parsed once per state (the state is frozen): a reconcile pass asks often."""
         return parse_status(self.raw_status)
 
     @property

@@ -203,7 +203,7 @@ def parse_manifest(doc: Any) -> FineTuneJob:
     problems += check_metadata(meta)
     problems += [
         Problem(_path(loc, "metadata"), "a number beyond the 64-bit integers the API stores")
-        for loc in _out_of_range(meta, ())
+        for loc in _out_of_range(_written_by_users(meta), ())
     ]
     spec: FineTuneJobSpec | None = None
     try:
@@ -222,6 +222,15 @@ def parse_manifest(doc: Any) -> FineTuneJob:
 
 
 INT64 = range(-(2**63), 2**63)
+
+
+def _written_by_users(meta: Any) -> Any:
+    """Metadata without managedFields: the API server's own record of who set which field
+    (no numbers in it, and by far the largest part of a served object's metadata, walked
+    on every reconcile)."""
+    if isinstance(meta, dict) and "managedFields" in meta:
+        return {k: v for k, v in meta.items() if k != "managedFields"}
+    return meta
 
 
 def _out_of_range(value: Any, loc: tuple[int | str, ...]) -> list[tuple[int | str, ...]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -282,20 +283,31 @@ def _read_alias(store: ArtifactStore, alias: AliasPaths) -> tuple[CurrentAlias |
         raise PromotionError(f"{store.uri(alias.current)} is not a valid alias: {error}") from error
 
 
-def promote(
+@dataclass(frozen=True)
+class StagedPromotion:
+    """A run's copy under the alias's folder, written and not yet pointed at: what moving
+    the alias needs."""
+
+    alias: AliasPaths
+    version: str
+    uri: str
+    metrics: Metrics | None
+    report: BenchmarkReport | None
+    evaluation: EvaluationReport | None
+
+
+def stage_promotion(
     store: ArtifactStore,
     run: RunPaths,
     spec: ResolvedSpec,
-    now: datetime | None = None,
     *,
     version: str | None = None,
     card_extra: str = "",
-) -> str:
-    """Copy the run's adapter, report and a model card to the alias's folder, then point the
-    alias at it. Returns the promoted copy's URI; ChampionChanged when the champion read
-    right before the write beats the run. `version` names the copy (default: the run's
-    `<name>-g<generation>`; a tournament's winner gets `<tournament>-g<gen>-<candidate>`);
-    `card_extra` is appended to the model card (a tournament's leaderboard)."""
+) -> StagedPromotion:
+    """Copy the run's adapter and report to the alias's folder and write its model card.
+    `version` names the copy (default: the run's `<name>-g<generation>`; a tournament's
+    winner gets `<tournament>-g<gen>-<candidate>`); `card_extra` is appended to the model
+    card (a tournament's leaderboard)."""
     alias = alias_of(spec, run.namespace)
     named = version or run.version
     target = alias.version_dir(named)
@@ -316,28 +328,53 @@ def promote(
     )
     card += card_extra
     store.put_bytes(f"{target}/README.md", card.encode(), "text/markdown")
+    return StagedPromotion(alias, named, uri, metrics, report, evaluation)
+
+
+def move_alias(
+    store: ArtifactStore, staged: StagedPromotion, spec: ResolvedSpec, now: datetime | None = None
+) -> str:
+    """Point the alias at a staged copy (a conditional write, retried while other writers
+    move it); returns the copy's URI. ChampionChanged when the champion read right before
+    the write beats the run."""
+    alias, named, report, metrics = staged.alias, staged.version, staged.report, staged.metrics
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
             _back_off(attempt)
         champion, version = _read_alias(store, alias)
         if champion is not None and named in _versions(champion):
-            return uri  # promoted before (a retry): never displace what came since
+            return staged.uri  # promoted before (a retry): never displace what came since
         if report is not None:
             verdict = gate.judge(
-                report, spec, metrics, champion, version=named, evaluation=evaluation
+                report, spec, metrics, champion, version=named, evaluation=staged.evaluation
             )
             if not verdict.passed:
                 raise ChampionChanged(verdict)
         moved = next_alias(
             champion,
             version=named,
-            uri=uri,
+            uri=staged.uri,
             promoted_at=timestamp(now),
             eval_loss=metrics.eval_loss if metrics else None,
         )
         if store.put_json_if(alias.current, moved.to_wire(), version):
-            return uri
+            return staged.uri
     raise AliasContended(f"{store.uri(alias.current)} kept changing; promotion gave up")
+
+
+def promote(
+    store: ArtifactStore,
+    run: RunPaths,
+    spec: ResolvedSpec,
+    now: datetime | None = None,
+    *,
+    version: str | None = None,
+    card_extra: str = "",
+) -> str:
+    """Stage the run's copy, then move the alias to it (see stage_promotion, move_alias).
+    Returns the promoted copy's URI."""
+    staged = stage_promotion(store, run, spec, version=version, card_extra=card_extra)
+    return move_alias(store, staged, spec, now)
 
 
 def _versions(champion: CurrentAlias) -> set[str]:

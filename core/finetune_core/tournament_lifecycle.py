@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Literal
 
 from finetune_core import gate
@@ -95,8 +96,9 @@ class ChildState:
     generation: int
     raw_status: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def status(self) -> FineTuneJobStatus:
+        """Parsed once per state (the state is frozen): a reconcile pass asks often."""
         return parse_status(self.raw_status)
 
     @property

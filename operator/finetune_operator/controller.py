@@ -15,7 +15,6 @@ import collections
 import json
 import logging
 import os
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -39,7 +38,13 @@ from finetune_core.lifecycle import (
     retrying,
 )
 from finetune_core.manifest import parse_manifest
-from finetune_core.promotion import AliasContended, ChampionChanged, PromotionError, promote
+from finetune_core.promotion import (
+    AliasContended,
+    ChampionChanged,
+    PromotionError,
+    move_alias,
+    stage_promotion,
+)
 from finetune_core.retention import prune_runs
 from finetune_core.run_files import move_aside, read_run_files, run_owner
 from finetune_core.runs import new_run_config
@@ -47,6 +52,7 @@ from finetune_core.store import ArtifactStore
 from finetune_operator import polling
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
 from finetune_operator.job_cache import JobCache
+from finetune_operator.keyed_locks import KeyedLocks
 from finetune_operator.kube import Kube, NotLeading
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.observe import (
@@ -122,9 +128,8 @@ class Controller:
         self.post_event = post_event
         # The operator's own store credentials: never let one through into a status or Event.
         self._secrets = [value for key in CREDENTIAL_KEYS if (value := os.environ.get(key))]
-        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._objects = KeyedLocks()  # one reconcile of an object at a time
+        self._aliases = KeyedLocks()  # one alias moved at a time
         self._failures: dict[tuple[str, str], int] = {}
         # The objects whose run moves on without an event: polled (finetune_operator.polling).
         self.schedule = Schedule(settings.progress_interval_seconds)
@@ -165,8 +170,7 @@ class Controller:
         """Bring one FineTuneJob as far as its observed state allows; keep it on the poll
         schedule while its run can move on without an event, or when this failed."""
         key = (namespace, name)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with self._objects.hold(key):
             obj, unwritten = None, None
             try:
                 for left in reversed(range(MAX_PASSES)):
@@ -362,9 +366,11 @@ class Controller:
     async def _promote(self, observation: Observation) -> Observation:
         s = observation.state
         try:
-            uri = await asyncio.to_thread(
-                promote, self.store, s.paths, s.resolved, datetime.now(UTC)
-            )
+            staged = await asyncio.to_thread(stage_promotion, self.store, s.paths, s.resolved)
+            async with self._aliases.hold(staged.alias.current):
+                uri = await asyncio.to_thread(
+                    move_alias, self.store, staged, s.resolved, datetime.now(UTC)
+                )
         except ChampionChanged as lost:
             return replace(observation, promotion_rejected=lost.verdict)
         except AliasContended:
