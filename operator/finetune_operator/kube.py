@@ -12,15 +12,13 @@ import asyncio
 import json
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from finetune_core.api import GROUP, PLURAL, VERSION
 from finetune_operator.builders import LABEL_JOB
-
-T = TypeVar("T")
 
 # (connect, read) seconds for every API call the operator makes itself.
 REQUEST_TIMEOUT = (5.0, 30.0)
@@ -44,20 +42,48 @@ def load_configuration() -> client.Configuration:
     return configuration
 
 
-async def call_json(
-    call: Callable[..., Any], *args: Any, timeout: float | tuple[float, float], **kwargs: Any
+MERGE_PATCH = "application/merge-patch+json"
+BACKGROUND = {"propagationPolicy": "Background"}
+JOBS = "/apis/batch/v1/namespaces/{namespace}/jobs"
+PODS = "/api/v1/namespaces/{namespace}/pods"
+CUSTOM = f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{{plural}}"
+
+
+def send_json(
+    api_client: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    params: Mapping[str, str],
+    query: Mapping[str, str] | None = None,
+    body: Any = None,
+    content_type: str = "application/json",
+    timeout: float | tuple[float, float],
 ) -> Any:
-    """A call of the official client in a thread, its response body read and parsed as JSON
-    in that thread too. The connection goes back to the pool only once the body is read: a
-    response handed to the event loop unread held its connection until the loop got round
-    to it, so under load the pool ran dry and every further call opened (and then threw
-    away) a new TLS connection."""
-
-    def send() -> Any:
-        response = call(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
-        return json.loads(response.data or b"null")
-
-    return await asyncio.to_thread(send)
+    """One request through the official client's connection, credentials and TLS settings,
+    its JSON answer read and parsed in the calling thread; ApiException for any status but
+    2xx. A path rather than the generated API methods: those convert a body to the client's
+    models and back, and check every argument, which cost more CPU than the request itself
+    (benchmarks/operator_scale.py). The body is read before the connection goes back to the
+    pool, in this thread: a response left unread for the event loop held its connection
+    until the loop got round to it, and under load the pool ran dry."""
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    request = api_client.param_serialize(
+        method,
+        path,
+        path_params=dict(params),
+        query_params=list((query or {}).items()),
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api_client.call_api(*request, _request_timeout=timeout)
+    response.read()
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return json.loads(response.data or b"null")
 
 
 class NotLeading(RuntimeError):
@@ -73,9 +99,6 @@ class Kube:
         # still running when the Lease is lost writes nothing more (finetune_operator.main).
         self.may_write: Callable[[], bool] = lambda: True
         self._timeout = timeout  # per request: a hung connection fails instead of blocking
-        self._batch = client.BatchV1Api(api_client)
-        self._core = client.CoreV1Api(api_client)
-        self._custom = client.CustomObjectsApi(api_client)
 
     @classmethod
     def connect(cls, timeout: float | None = None) -> Kube:
@@ -84,193 +107,137 @@ class Kube:
     def close(self) -> None:
         self._client.close()
 
-    async def _call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def _request(
+        self, method: str, path: str, params: Mapping[str, str], **kwargs: Any
+    ) -> Any:
         """One API call in a thread, bounded in time: a stalled connection is an error the
-        reconcile retries, never a reconcile that hangs."""
+        reconcile retries, never a reconcile that hangs. A write (anything but GET) is
+        refused (NotLeading) once may_write says no, checked in the thread that would send
+        it."""
         timeout = REQUEST_TIMEOUT if self._timeout is None else self._timeout
-        return await call_json(call, *args, timeout=timeout, **kwargs)
 
-    async def _write(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """_call for a create, patch or delete: refused (NotLeading) once may_write says no."""
-
-        def send(*args: Any, **kwargs: Any) -> Any:
-            if not self.may_write():
+        def send() -> Any:
+            if method != "GET" and not self.may_write():
                 raise NotLeading("not the leader any more: the write was not sent")
-            return call(*args, **kwargs)
+            return send_json(self._client, method, path, params=params, timeout=timeout, **kwargs)
 
-        return await self._call(send, *args, **kwargs)
+        return await asyncio.to_thread(send)
 
-    async def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def _get(self, path: str, params: Mapping[str, str]) -> dict[str, Any] | None:
+        """An object; None when it does not exist."""
         try:
-            obj: dict[str, Any] = await self._call(
-                self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
-            )
+            obj: dict[str, Any] = await self._request("GET", path, params)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
         return obj
 
-    async def patch_finetunejob_status(
-        self, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        """A JSON merge patch of .status (null removes a field); the object as patched."""
-        patched: dict[str, Any] = await self._write(
-            self._custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            {"status": dict(status)},
-        )
-        return patched
+    async def _list(
+        self, path: str, params: Mapping[str, str], labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        listing = await self._request("GET", path, params, query={"labelSelector": selector})
+        items: list[dict[str, Any]] = listing.get("items") or []
+        # Selected again here: a server that ignores the selector must not widen the result.
+        return [item for item in items if _has_labels(item, labels)]
+
+    async def _create(self, path: str, params: Mapping[str, str], body: Mapping[str, Any]) -> Any:
+        """Create an object: the object as created, or None when one of that name exists
+        already (not an error). Any other 409 (Conflict) created nothing and is raised."""
+        try:
+            return await self._request("POST", path, params, body=dict(body))
+        except ApiException as error:
+            if error.status == 409 and status_reason(error) == "AlreadyExists":
+                return None
+            raise
+
+    async def _delete(self, path: str, params: Mapping[str, str]) -> None:
+        """Delete an object and, in the background, what it owns; an absent one is not an
+        error."""
+        try:
+            await self._request("DELETE", path, params, body=BACKGROUND)
+        except ApiException as error:
+            if error.status != 404:
+                raise
 
     # ------------------------------------------------------------ any finetune.dev kind
 
     async def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A FineTuneJob or FineTuneTournament; None when it does not exist."""
-        try:
-            obj: dict[str, Any] = await self._call(
-                self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return obj
+        return await self._get(CUSTOM + "/{name}", _at(namespace, plural=plural, name=name))
+
+    async def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.get_custom(PLURAL, namespace, name)
 
     async def list_custom(
         self, plural: str, namespace: str, labels: Mapping[str, str]
     ) -> list[dict[str, Any]]:
-        selector = ",".join(f"{key}={value}" for key, value in labels.items())
-        listing = await self._call(
-            self._custom.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            label_selector=selector,
-        )
-        items: list[dict[str, Any]] = listing.get("items") or []
-        return [item for item in items if _has_labels(item, labels)]
+        return await self._list(CUSTOM, _at(namespace, plural=plural), labels)
 
     async def create_custom(self, plural: str, body: Mapping[str, Any]) -> bool:
         """Create an object; False when one of that name exists already (not an error)."""
-        namespace = body["metadata"]["namespace"]
-        try:
-            await self._write(
-                self._custom.create_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                dict(body),
-            )
-        except ApiException as error:
-            if error.status == 409 and status_reason(error) == "AlreadyExists":
-                return False
-            raise
-        return True
+        params = _at(body["metadata"]["namespace"], plural=plural)
+        return await self._create(CUSTOM, params, body) is not None
 
     async def patch_custom(
         self, plural: str, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> None:
         """A JSON merge patch of the object (its metadata and spec)."""
-        await self._write(
-            self._custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            dict(patch),
+        params = _at(namespace, plural=plural, name=name)
+        await self._request(
+            "PATCH", CUSTOM + "/{name}", params, body=dict(patch), content_type=MERGE_PATCH
         )
 
     async def patch_custom_status(
         self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> None:
-        await self._write(
-            self._custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            {"status": dict(status)},
+    ) -> dict[str, Any]:
+        """A JSON merge patch of .status (null removes a field); the object as patched."""
+        patched: dict[str, Any] = await self._request(
+            "PATCH",
+            CUSTOM + "/{name}/status",
+            _at(namespace, plural=plural, name=name),
+            body={"status": dict(status)},
+            content_type=MERGE_PATCH,
         )
+        return patched
+
+    async def patch_finetunejob_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return await self.patch_custom_status(PLURAL, namespace, name, status)
 
     async def delete_custom(self, plural: str, namespace: str, name: str) -> None:
         """Delete an object (its own children go with it); an absent one is not an error."""
-        try:
-            await self._write(
-                self._custom.delete_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                body={"propagationPolicy": "Background"},
-            )
-        except ApiException as error:
-            if error.status != 404:
-                raise
+        await self._delete(CUSTOM + "/{name}", _at(namespace, plural=plural, name=name))
+
+    # ------------------------------------------------------------ Jobs and pods
 
     async def list_jobs(self, namespace: str, owner: str) -> list[dict[str, Any]]:
         """The Jobs of one FineTuneJob, every generation (label finetune.dev/job=<owner>)."""
-        return await self._list(self._batch.list_namespaced_job, namespace, {LABEL_JOB: owner})
+        return await self._list(JOBS, _at(namespace), {LABEL_JOB: owner})
 
     async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        return await self._list(self._core.list_namespaced_pod, namespace, labels)
-
-    async def _list(
-        self, call: Callable[..., Any], namespace: str, labels: Mapping[str, str]
-    ) -> list[dict[str, Any]]:
-        selector = ",".join(f"{key}={value}" for key, value in labels.items())
-        listing = await self._call(call, namespace, label_selector=selector)
-        items: list[dict[str, Any]] = listing.get("items") or []
-        # Selected again here: a server that ignores the selector must not widen the result.
-        return [item for item in items if _has_labels(item, labels)]
+        return await self._list(PODS, _at(namespace), labels)
 
     async def create_job(self, job: Mapping[str, Any]) -> tuple[bool, dict[str, Any] | None]:
         """Create a Job: (whether this call created it, the Job as the server has it). One
         of that name may exist already (the same run's Job: names are deterministic), which
-        is not an error; it is read instead (None if it is gone again). Any other 409
-        (Conflict) created nothing and is raised, to be retried."""
+        is not an error; it is read instead (None if it is gone again)."""
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        try:
-            created: dict[str, Any] = await self._write(
-                self._batch.create_namespaced_job, namespace, job
-            )
-        except ApiException as error:
-            if error.status == 409 and status_reason(error) == "AlreadyExists":
-                return False, await self._read_job(namespace, name)
-            raise
+        created: dict[str, Any] | None = await self._create(JOBS, _at(namespace), job)
+        if created is None:
+            return False, await self._get(JOBS + "/{name}", _at(namespace, name=name))
         return True, created
-
-    async def _read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            found: dict[str, Any] = await self._call(
-                self._batch.read_namespaced_job, name, namespace
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return found
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its pods; an absent Job is not an error."""
-        try:
-            await self._write(
-                self._batch.delete_namespaced_job,
-                name,
-                namespace,
-                body={"propagationPolicy": "Background"},
-            )
-        except ApiException as error:
-            if error.status != 404:
-                raise
+        await self._delete(JOBS + "/{name}", _at(namespace, name=name))
+
+
+def _at(namespace: str, **params: str) -> dict[str, str]:
+    """A request path's parameters: the namespace and whatever else the path names."""
+    return {"namespace": namespace, **params}
 
 
 def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

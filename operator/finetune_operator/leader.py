@@ -28,7 +28,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator.kube import call_json
+from finetune_operator.kube import MERGE_PATCH, send_json
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +61,30 @@ class LeaseConfig:
     retry_period: float
 
 
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+
+
 class LeaseApi:
     """The three Lease calls the election needs (get, create, patch), as plain dicts; each
     with a request timeout so that a stalled connection cannot outlive the renew deadline."""
 
     def __init__(self, api_client: client.ApiClient, timeout: float):
-        self._api = client.CoordinationV1Api(api_client)
+        self._client = api_client
         self._timeout = timeout
 
-    async def _call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await call_json(call, *args, timeout=self._timeout, **kwargs)
+    async def _call(
+        self, method: str, path: str, namespace: str, name: str | None = None, **kwargs: Any
+    ) -> Any:
+        params = (
+            {"namespace": namespace} if name is None else {"namespace": namespace, "name": name}
+        )
+        return await asyncio.to_thread(
+            send_json, self._client, method, path, params=params, timeout=self._timeout, **kwargs
+        )
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            lease: dict[str, Any] = await self._call(
-                self._api.read_namespaced_lease, name, namespace
-            )
+            lease: dict[str, Any] = await self._call("GET", LEASES + "/{name}", namespace, name)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -84,15 +92,16 @@ class LeaseApi:
         return lease
 
     async def create(self, namespace: str, lease: Mapping[str, Any]) -> None:
-        await self._call(self._api.create_namespaced_lease, namespace, dict(lease))
+        await self._call("POST", LEASES, namespace, body=dict(lease))
 
     async def patch(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         await self._call(
-            self._api.patch_namespaced_lease,
-            name,
+            "PATCH",
+            LEASES + "/{name}",
             namespace,
-            dict(patch),
-            _content_type="application/merge-patch+json",
+            name,
+            body=dict(patch),
+            content_type=MERGE_PATCH,
         )
 
 
