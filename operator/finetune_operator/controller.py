@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import json
 import logging
 import os
@@ -74,6 +75,10 @@ SHOW_FAULTS_AFTER = 3
 # A new generation takes two passes (record the new run, then start it); more would mean
 # decisions that never settle.
 MAX_PASSES = 4
+# Threads of their own for moving aliases (a read and a conditional write each): a move
+# holds its alias's lock, and queued behind a burst's calls in the shared pool, every
+# promotion of that alias would wait for the ones before it to find a thread.
+ALIAS_THREADS = 4
 
 
 def redact(text: str, secrets: list[str]) -> str:
@@ -130,6 +135,9 @@ class Controller:
         self._secrets = [value for key in CREDENTIAL_KEYS if (value := os.environ.get(key))]
         self._objects = KeyedLocks()  # one reconcile of an object at a time
         self._aliases = KeyedLocks()  # one alias moved at a time
+        self._alias_threads = concurrent.futures.ThreadPoolExecutor(
+            ALIAS_THREADS, thread_name_prefix="alias"
+        )
         self._failures: dict[tuple[str, str], int] = {}
         # The objects whose run moves on without an event: polled (finetune_operator.polling).
         self.schedule = Schedule(settings.progress_interval_seconds)
@@ -368,8 +376,13 @@ class Controller:
         try:
             staged = await asyncio.to_thread(stage_promotion, self.store, s.paths, s.resolved)
             async with self._aliases.hold(staged.alias.current):
-                uri = await asyncio.to_thread(
-                    move_alias, self.store, staged, s.resolved, datetime.now(UTC)
+                uri = await asyncio.get_running_loop().run_in_executor(
+                    self._alias_threads,
+                    move_alias,
+                    self.store,
+                    staged,
+                    s.resolved,
+                    datetime.now(UTC),
                 )
         except ChampionChanged as lost:
             return replace(observation, promotion_rejected=lost.verdict)
