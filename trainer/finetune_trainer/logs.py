@@ -38,19 +38,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a line is logged, not as it was when the handler
+    was made: where stderr is replaced later (a test runner captures each test's output
+    and then closes it), lines go to the current one instead of to a closed file."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def setup_logging() -> None:
     """Configure the root logger once per process, and quiet the libraries' own output."""
     json_lines = os.environ.get(LOG_FORMAT_ENV, "").lower() == "json"
     handler: logging.Handler
     if json_lines:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.setFormatter(JsonFormatter())
     elif sys.stderr.isatty():
         from rich.logging import RichHandler
 
         handler = RichHandler(show_path=False, rich_tracebacks=True)
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from finetune_core.api import Progress
-from finetune_trainer.logs import JsonFormatter
+from finetune_trainer.logs import JsonFormatter, setup_logging
 from finetune_trainer.losscurve import final_train_loss, loss_history, plot_loss
 from finetune_trainer.progress import Throughput, progress_interval, snapshot
 from tests.conftest import PROGRESS_CONTRACT_KEYS
@@ -117,3 +119,28 @@ def test_reporter_publishes_start_steps_and_end_without_counting_evaluation() ->
     # An hour of evaluation is not training time: subtracting it leaves no measurable
     # training time, rather than a throughput diluted by the evaluation.
     assert "tokensPerSecond" not in published[-1]
+
+
+def test_log_lines_go_to_stderr_as_it_is_when_they_are_logged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stderr replaced after logging was set up (and the old one closed) still gets
+    the lines: no "I/O operation on closed file"."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    monkeypatch.setenv("FINETUNE_LOG_FORMAT", "json")
+    try:
+        first = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", first)
+        setup_logging()
+        first.close()
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("finetune.test").info("after the swap")
+        assert json.loads(second.getvalue())["message"] == "after the swap"
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
