@@ -21,6 +21,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
+import aiohttp
 import kopf
 from kubernetes.client import Configuration
 
@@ -70,6 +71,21 @@ def connection_info(configuration: Configuration) -> kopf.ConnectionInfo:
     )
 
 
+def kopf_session(info: kopf.ConnectionInfo, watches: int) -> kopf.AiohttpSession:
+    """kopf's HTTP session, as kopf would build it from `info`, but with a bounded number of
+    connections: its own has no limit, and kopf posts each object's Events from a task of
+    its own, so a burst opened a TLS connection per object posting (116 at once in a burst
+    of 300, each holding asyncio's 256 KiB read buffer). The watch streams hold one each;
+    EVENT_CONNECTIONS are left for the rest. kopf closes the session when it is done."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=watches + EVENT_CONNECTIONS, ssl=info.as_ssl_context()
+        ),
+        headers=info.as_http_headers(),
+    )
+    return kopf.AiohttpSession(server=info.server, aiohttp_session=session)
+
+
 async def reconcile(controller: Controller, namespace: str, name: str) -> None:
     """A failed reconcile is retried by the poll (the controller put it on the schedule)
     and shown in the object's conditions; kopf need not log its traceback."""
@@ -97,10 +113,12 @@ def register(
     if tournaments is not None:
         register_tournaments(registry, tournaments, interval)
 
+    watches = WATCHED_KINDS * max(1, len(settings.namespaces))
+
     @kopf.on.login(registry=registry, id="login")
-    def login(**_: Any) -> kopf.ConnectionInfo:
+    async def login(**_: Any) -> kopf.AiohttpSession:
         # Loaded afresh on every login: kopf logs in again when a token expires.
-        return connection_info(load_configuration())
+        return kopf_session(connection_info(load_configuration()), watches)
 
     @kopf.index(
         "batch", "v1", "jobs", registry=registry, id=JOBS_INDEX, labels={LABEL_JOB: kopf.PRESENT}
@@ -236,6 +254,12 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
     # that settled it: wait for that instead of polling the exiting timer for a minute.
     kopf_settings.background.instant_exit_timeout = TIMER_EXIT_SECONDS
 
+
+# The kinds kopf watches, each in every watched namespace (or once cluster-wide):
+# FineTuneJobs, their Jobs and FineTuneTournaments.
+WATCHED_KINDS = 3
+# kopf's connections beyond its watch streams: Event posts and the initial listings.
+EVENT_CONNECTIONS = 16
 
 # Objects per page of kopf's initial listings.
 LIST_PAGE = 500
