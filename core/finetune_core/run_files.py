@@ -107,6 +107,20 @@ def move_aside(store: ArtifactStore, run: RunPaths, uid: str | None) -> None:
     store.delete_prefix(run.prefix + "/")
 
 
+def claim_run_directory(store: ArtifactStore, run: RunPaths, config: RunConfig) -> bool:
+    """Make the run directory this run's before its first stage starts: write its
+    config.json unless the object's own is there already, moving a predecessor's run out
+    of the way first. True when the directory held no config.json: a fresh run, so no
+    earlier try of it can have left files (an error.json) to clear. A new run, the common
+    case, costs one conditional write instead of a read, a lookup and a write."""
+    if store.put_json_if(run.config, config.to_wire(), None):
+        return True
+    move_aside(store, run, config.uid)
+    if not store.exists(run.config):  # it was a predecessor's, and is moved aside now
+        store.put_json(run.config, config.to_wire())
+    return False
+
+
 def read_run_files(
     store: ArtifactStore,
     run: RunPaths,

@@ -123,7 +123,7 @@ class ArtifactStore(ABC):
         return (None, None) if found is None else (json.loads(found[0]), found[1])
 
     def put_json_if(self, key: str, value: Any, version: str | None) -> bool:
-        return self.put_if(key, json.dumps(value, indent=2).encode(), version)
+        return self.put_if(key, json.dumps(value, indent=2, default=str).encode(), version)
 
     def delete_prefix(self, prefix: str) -> None:
         for key in list(self.list(prefix)):

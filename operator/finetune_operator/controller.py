@@ -47,7 +47,7 @@ from finetune_core.promotion import (
     stage_promotion,
 )
 from finetune_core.retention import prune_runs
-from finetune_core.run_files import move_aside, read_run_files, run_owner
+from finetune_core.run_files import claim_run_directory, read_run_files, run_owner
 from finetune_core.runs import new_run_config
 from finetune_core.store import ArtifactStore
 from finetune_operator import polling
@@ -174,12 +174,20 @@ class Controller:
         made of it (its watch event then asks for nothing)."""
         return version is not None and version in self._written.get((namespace, name), ())
 
-    async def reconcile(self, namespace: str, name: str) -> None:
+    async def reconcile(
+        self, namespace: str, name: str, seen: dict[str, Any] | None = None
+    ) -> None:
         """Bring one FineTuneJob as far as its observed state allows; keep it on the poll
-        schedule while its run can move on without an event, or when this failed."""
+        schedule while its run can move on without an event, or when this failed.
+
+        `seen`: the object as the watch showed it. Until this operator has written the
+        object, no write of its own can be missing from it, so it is not read again: a
+        burst of new objects costs no read each. Once written, the watch may lag behind that
+        write, and the object is read."""
         key = (namespace, name)
         async with self._objects.hold(key):
-            obj, unwritten = None, None
+            obj = seen if key not in self._written else None
+            unwritten = None
             try:
                 for left in reversed(range(MAX_PASSES)):
                     requeue, obj, unwritten = await self._pass(
@@ -416,10 +424,11 @@ class Controller:
                 )
         if decision.create is None:
             return
-        if decision.create == "train":
-            await self._write_config(s.paths, s.resolved, s.uid)
-        # An error.json of an earlier try explains nothing about this one.
-        await asyncio.to_thread(self.store.delete, s.paths.error)
+        # An error.json of an earlier try explains nothing about this one; a fresh run
+        # directory has none.
+        fresh = decision.create == "train" and await self._claim_run(s.paths, s.resolved, s.uid)
+        if not fresh:
+            await asyncio.to_thread(self.store.delete, s.paths.error)
         manifest = build_job(
             decision.create,
             name=s.name,
@@ -451,12 +460,11 @@ class Controller:
         except Exception as error:
             log.warning("%s/%s: could not prune run directories: %s", s.namespace, s.name, error)
 
-    async def _write_config(self, paths: RunPaths, spec: ResolvedSpec, uid: str | None) -> None:
+    async def _claim_run(self, paths: RunPaths, spec: ResolvedSpec, uid: str | None) -> bool:
         """config.json tells the pods what to run; a run's config is written once, by the
-        object the run belongs to (a predecessor's run directory is moved aside first)."""
-        await asyncio.to_thread(move_aside, self.store, paths, uid)
-        if not await asyncio.to_thread(self.store.exists, paths.config):
-            config = new_run_config(paths, uid, spec)
-            await asyncio.to_thread(self.store.put_json, paths.config, config.to_wire())
+        object the run belongs to (run_files.claim_run_directory). Whether it is fresh."""
+        config = new_run_config(paths, uid, spec)
+        fresh = await asyncio.to_thread(claim_run_directory, self.store, paths, config)
         # Moved aside if it was another's, so it is this object's now and stays so.
         self._own_runs.add((paths.prefix, uid or ""))
+        return fresh

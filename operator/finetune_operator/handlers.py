@@ -86,11 +86,13 @@ def kopf_session(info: kopf.ConnectionInfo, watches: int) -> kopf.AiohttpSession
     return kopf.AiohttpSession(server=info.server, aiohttp_session=session)
 
 
-async def reconcile(controller: Controller, namespace: str, name: str) -> None:
+async def reconcile(
+    controller: Controller, namespace: str, name: str, seen: dict[str, Any] | None = None
+) -> None:
     """A failed reconcile is retried by the poll (the controller put it on the schedule)
     and shown in the object's conditions; kopf need not log its traceback."""
     try:
-        await controller.reconcile(namespace, name)
+        await controller.reconcile(namespace, name, seen)
     except NotLeading:
         log.info("%s/%s: reconcile stopped: the Lease was lost", namespace, name)
     except Exception as error:
@@ -147,13 +149,13 @@ def register(
             return
         if kind is None and settled(body):
             return  # listed (the operator starts, a watch resumes): nothing to do
-        await reconcile(controller, namespace, name)
+        await reconcile(controller, namespace, name, dict(event["object"]))
 
     @kopf.on.event(
         "batch", "v1", "jobs", registry=registry, id="child-job", labels={LABEL_JOB: kopf.PRESENT}
     )
     async def child_job_changed(
-        event: kopf.RawEvent, meta: kopf.Meta, labels: kopf.Labels, **kwargs: Any
+        event: kopf.RawEvent, body: kopf.Body, meta: kopf.Meta, labels: kopf.Labels, **kwargs: Any
     ) -> None:
         # A listing is no change: when the operator starts, listing the FineTuneJobs
         # reconciles every run in progress already; a change missed while a watch resumed
@@ -161,7 +163,9 @@ def register(
         controller.jobs.use(kwargs[JOBS_INDEX])
         controller.start_polling()
         kind, namespace, owner = event.get("type"), meta["namespace"], labels[LABEL_JOB]
-        controller.jobs.observed(namespace, owner, meta.get("uid") or "")
+        created = controller.jobs.observed(namespace, owner, meta.get("uid") or "")
+        if kind == "ADDED" and created is not None and created == job_summary(body):
+            return  # the Job this operator created, as it created it: nothing new
         if kind is not None:
             await reconcile(controller, namespace, owner)
 

@@ -76,14 +76,15 @@ class JobCache:
             self._deleted.setdefault(key, set()).add(uid)
             self._created.get(key, {}).pop(uid, None)
 
-    def observed(self, namespace: str, owner: str, uid: str) -> None:
+    def observed(self, namespace: str, owner: str, uid: str) -> Job | None:
         """The watch's event about a Job: its creation is expected no longer, whatever the
         event (kopf may merge a Job's ADDED and DELETED events into the last one, which the
         index then never shows). A deletion needs no such help: `jobs` forgets it once the
-        index has dropped the Job."""
+        index has dropped the Job. The Job as this operator created it, if it was expected."""
         key = (namespace, owner)
-        self._created.get(key, {}).pop(uid, None)
+        expected = self._created.get(key, {}).pop(uid, None)
         self._tidy(key)
+        return expected
 
     def forget(self, namespace: str, owner: str) -> None:
         self._created.pop((namespace, owner), None)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from finetune_core.api import RunConfig
+from finetune_core.layout import RunPaths
+from finetune_core.manifest import parse_manifest
+from finetune_core.run_files import claim_run_directory
+from finetune_core.runs import new_run_config
 from finetune_core.store import ArtifactStore, NotFound, open_run
+from tests.support.manifests import small_job
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -42,3 +48,28 @@ def test_open_run_splits_store_root_and_run(tmp_path: Path) -> None:
     assert store.uri() == str(tmp_path)
     with pytest.raises(ValueError, match="not a run URI"):
         open_run("s3://bucket/somewhere")
+
+
+def test_a_run_directory_is_claimed_once_and_a_predecessors_moved_aside(
+    store: ArtifactStore,
+) -> None:
+    """A new run's config.json is one conditional write; the same object's second claim
+    changes nothing; another object's run in the same directory is moved aside first."""
+    run = RunPaths("ns", "job", 1)
+    spec = parse_manifest(small_job("job", "s3://bucket/data.jsonl")).spec.resolve()
+    first = new_run_config(run, "uid-1", spec)
+    assert claim_run_directory(store, run, first) is True
+    assert RunConfig.model_validate(store.get_json(run.config)).uid == "uid-1"
+    store.put_json(run.error, {"stage": "train"})
+
+    again = new_run_config(run, "uid-1", spec.model_copy(update={"lora_r": 64}))
+    assert claim_run_directory(store, run, again) is False
+    kept = RunConfig.model_validate(store.get_json(run.config))
+    assert (kept.uid, kept.spec.lora_r) == ("uid-1", spec.lora_r)
+    assert store.exists(run.error)  # the caller clears it: not a fresh run
+
+    successor = new_run_config(run, "uid-2", spec)
+    assert claim_run_directory(store, run, successor) is False
+    assert RunConfig.model_validate(store.get_json(run.config)).uid == "uid-2"
+    assert store.exists(f"{run.superseded('uid-1')}/error.json")
+    assert not store.exists(run.error)

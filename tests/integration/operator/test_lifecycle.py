@@ -6,7 +6,7 @@ from finetune_core.api import RunConfig
 from finetune_core.layout import CurrentAlias
 from finetune_core.lifecycle import APPROVE_ANNOTATION
 from finetune_operator.builders import LABEL_JOB
-from tests.integration.operator.harness import NAMESPACE, Cluster
+from tests.integration.operator.harness import FINETUNEJOBS, JOBS, NAMESPACE, Cluster
 from tests.support.manifests import small_job
 
 
@@ -223,6 +223,32 @@ async def test_a_recreated_job_never_reads_or_adopts_its_predecessors_run(
     await cluster.job_running(new_train["metadata"]["name"])
     status = await cluster.wait_for_phase("again", "Training")
     assert status.get("metrics") is None
+
+
+async def test_a_new_object_gets_its_training_job_without_being_read_back(
+    emulator_cluster: Cluster,
+) -> None:
+    """The watch's event carries the new object as it is; reading it again before the
+    operator's first write would be a request per creation in a burst of them. (On the
+    emulator, which records every request.)"""
+    cluster = emulator_cluster
+    await cluster.create(small_job("unread", cluster.dataset))
+    train = await cluster.wait_for_job("unread", 1, "train")
+    await cluster.wait_for_phase("unread", "Pending")
+    served = cluster.api.served()
+    created = next(
+        i
+        for i, request in enumerate(served)
+        if request.method == "POST"
+        and request.resource == JOBS
+        and request.data["metadata"]["name"] == train["metadata"]["name"]
+    )
+    reads = [
+        request
+        for request in served[:created]
+        if request.method == "GET" and request.resource == FINETUNEJOBS and request.name == "unread"
+    ]
+    assert reads == []
 
 
 async def test_a_queued_job_waits_for_kueue_and_then_runs(cluster: Cluster) -> None:

@@ -57,6 +57,18 @@ def test_a_created_job_whose_events_were_merged_into_deleted_is_not_kept() -> No
     assert cache.jobs(*OWNER) == []
 
 
+def test_the_first_event_of_a_created_job_returns_it_as_created_once() -> None:
+    """The handler compares the Job as created with its ADDED event: equal, the event tells
+    nothing new. A Job this operator did not create (or already seen) returns None."""
+    cache = JobCache()
+    cache.use({})
+    created = job_summary(job("demo-g1-train", "u1"))
+    cache.created(*OWNER, created)
+    assert cache.observed(*OWNER, "u2") is None
+    assert cache.observed(*OWNER, "u1") == created
+    assert cache.observed(*OWNER, "u1") is None
+
+
 def test_a_deleted_job_is_hidden_until_the_watch_drops_it_and_a_namesake_is_not() -> None:
     old = job("demo-g1-train", "u1")
     index = {OWNER: [old]}
