@@ -498,9 +498,9 @@ async def measure(
             )
             await watch_until(done, args.timeout, timeline, operator.pid, started)
             elapsed = time.monotonic() - started
+            writes1 = await trailing_writes(backend)
             cpu1 = cpu_seconds(operator.pid)
             api_cpu1 = {k: cpu_seconds(p) for k, p in backend.pids.items()}
-            writes1 = await backend.writes()
             rss1, peak1 = memory_mb(operator.pid)
             # Settled: every object Promoted. What does holding them cost?
             print(f"all Promoted; measuring {args.settled_seconds:.0f} s settled", flush=True)
@@ -550,6 +550,25 @@ async def start_py_spy(path: Path, pid: int, tasks: set[asyncio.Task[None]]) -> 
 
     task = asyncio.create_task(wait())
     tasks.add(task)
+
+
+async def trailing_writes(backend: Backend, deadline_seconds: float = 30.0) -> Counter[str]:
+    """The writes so far, once the lifecycles' last ones are in: kopf posts an Event after
+    the status patch that reported it, so the last object's Promoted Event may follow its
+    phase by a moment. Done when nothing but the Lease changed over half a second."""
+
+    def lifecycle(writes: Counter[str]) -> Counter[str]:
+        return Counter({kind: n for kind, n in writes.items() if "leases" not in kind})
+
+    last = await backend.writes()
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        now = await backend.writes()
+        if lifecycle(now) == lifecycle(last):
+            return now
+        last = now
+    return last
 
 
 async def watch_until(
