@@ -65,6 +65,7 @@ from finetune_operator.observe import (
 )
 from finetune_operator.polling import Schedule
 from finetune_operator.settings import OperatorSettings
+from finetune_operator.work_slots import WorkSlots
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class Controller:
         store: ArtifactStore,
         metrics: OperatorMetrics,
         post_event: EventPoster,
+        slots: int,
     ):
         self.settings = settings
         self.kube = kube
@@ -134,6 +136,9 @@ class Controller:
         # The operator's own store credentials: never let one through into a status or Event.
         self._secrets = [value for key in CREDENTIAL_KEYS if (value := os.environ.get(key))]
         self._objects = KeyedLocks()  # one reconcile of an object at a time
+        # `slots` reconciles at work at once (finetune_operator.work_slots): one per thread
+        # of the pool their blocking calls run in.
+        self._slots = WorkSlots(slots)
         self._aliases = KeyedLocks()  # one alias moved at a time
         self._alias_threads = concurrent.futures.ThreadPoolExecutor(
             ALIAS_THREADS, thread_name_prefix="alias"
@@ -185,7 +190,8 @@ class Controller:
         burst of new objects costs no read each. Once written, the watch may lag behind that
         write, and the object is read."""
         key = (namespace, name)
-        async with self._objects.hold(key):
+        # The object's lock first: waiting for another reconcile of it holds no slot.
+        async with self._objects.hold(key), self._slots.held():
             obj = seen if key not in self._written else None
             unwritten = None
             try:
@@ -383,7 +389,8 @@ class Controller:
         s = observation.state
         try:
             staged = await asyncio.to_thread(stage_promotion, self.store, s.paths, s.resolved)
-            async with self._aliases.hold(staged.alias.current):
+            # The alias moves one promotion at a time: wait for it without a slot.
+            async with self._slots.given_up(), self._aliases.hold(staged.alias.current):
                 uri = await asyncio.get_running_loop().run_in_executor(
                     self._alias_threads,
                     move_alias,

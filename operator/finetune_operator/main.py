@@ -37,7 +37,8 @@ from finetune_operator.tournaments import TournamentController
 log = logging.getLogger(__name__)
 
 STOP_POLL_SECONDS = 0.1
-# Threads for the blocking API and store calls (kopf's workers and the poll share them).
+# Threads for the blocking API and store calls (kopf's workers and the poll share them), and
+# so reconciles at work at once (finetune_operator.work_slots).
 THREADS = handlers.WORKERS + polling.CONCURRENCY
 
 
@@ -63,7 +64,12 @@ async def operate(
     kube = Kube.connect(settings.api_timeout_seconds)
     store = open_store(settings.store, settings.s3_endpoint)
     controller = Controller(
-        settings, kube, store, metrics or OperatorMetrics(), post_event=handlers.post_event
+        settings,
+        kube,
+        store,
+        metrics or OperatorMetrics(),
+        post_event=handlers.post_event,
+        slots=THREADS,
     )
     tournaments = TournamentController(kube, store, post_event=handlers.post_event)
     registry = kopf.OperatorRegistry()
