@@ -95,16 +95,17 @@ def run_owner(store: ArtifactStore, run: RunPaths) -> str | None:
     return None if config is None else config.uid
 
 
-def move_aside(store: ArtifactStore, run: RunPaths, uid: str | None) -> None:
+def move_aside(store: ArtifactStore, run: RunPaths, uid: str | None) -> bool:
     """Before a run writes its directory: move a predecessor's run there out of the way,
     to runs/<ns>/<name>/superseded/<its uid>/g<N>/ (copied first, then deleted, so a crash
-    in between loses nothing)."""
+    in between loses nothing). Whether there was one to move."""
     other = written_for_another(store, run, uid)
     if other is None:
-        return
+        return False
     log.warning("%s was written for %s; moving it aside", store.uri(run.prefix), other)
     store.copy_prefix(run.prefix, run.superseded(other))
     store.delete_prefix(run.prefix + "/")
+    return True
 
 
 def claim_run_directory(store: ArtifactStore, run: RunPaths, config: RunConfig) -> bool:
@@ -115,8 +116,7 @@ def claim_run_directory(store: ArtifactStore, run: RunPaths, config: RunConfig) 
     case, costs one conditional write instead of a read, a lookup and a write."""
     if store.put_json_if(run.config, config.to_wire(), None):
         return True
-    move_aside(store, run, config.uid)
-    if not store.exists(run.config):  # it was a predecessor's, and is moved aside now
+    if move_aside(store, run, config.uid):  # it was a predecessor's config, moved aside now
         store.put_json(run.config, config.to_wire())
     return False
 

@@ -18,24 +18,26 @@ import contextvars
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-# Whether the task at hand holds a slot now (a list: changed in place by given_up).
-_HELD: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("slot", default=None)
-
 
 class WorkSlots:
     def __init__(self, count: int) -> None:
         self._free = asyncio.Semaphore(count)
+        # Whether the task at hand holds one of these slots now (a list: changed in place
+        # by given_up). One variable per instance: a slot of another is not this one's.
+        self._held: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+            "work_slot", default=None
+        )
 
     @asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
         """Run the block in a slot, once one is free."""
         await self._free.acquire()
         held = [True]
-        token = _HELD.set(held)
+        token = self._held.set(held)
         try:
             yield
         finally:
-            _HELD.reset(token)
+            self._held.reset(token)
             if held[0]:
                 self._free.release()
 
@@ -44,7 +46,7 @@ class WorkSlots:
         """Run the block without this task's slot (if it holds one), and take one again
         after it. Cancelled while waiting for it, the task holds none, and `held` frees
         none."""
-        held = _HELD.get()
+        held = self._held.get()
         if held is None or not held[0]:
             yield
             return

@@ -107,3 +107,22 @@ async def test_cancelled_while_taking_its_slot_again_frees_none() -> None:
 
     await asyncio.wait_for(asyncio.gather(*(count() for _ in range(3))), 5)
     assert peak == 1
+
+
+async def test_giving_up_a_slot_of_one_set_leaves_another_set_alone() -> None:
+    """A task in a slot of `outer` that enters `inner.given_up()` holds none of inner's, so
+    frees none: meanwhile inner still has its one slot, not two."""
+    outer, inner = WorkSlots(1), WorkSlots(1)
+    held = peak = 0
+
+    async def count() -> None:
+        nonlocal held, peak
+        async with inner.held():
+            held += 1
+            peak = max(peak, held)
+            await asyncio.sleep(0)
+            held -= 1
+
+    async with outer.held(), inner.given_up():
+        await asyncio.wait_for(asyncio.gather(*(count() for _ in range(3))), 5)
+    assert peak == 1
