@@ -34,7 +34,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +316,8 @@ class Timeline:
     bench_job: dict[str, float] = field(default_factory=dict)
     promoted: dict[str, float] = field(default_factory=dict)
     phases: dict[str, str] = field(default_factory=dict)
+    # Wall clock minus the monotonic clock of the times above: to line them up with logs.
+    clock: float = field(default_factory=lambda: time.time() - time.monotonic())
 
 
 async def play_jobs(
@@ -604,6 +606,8 @@ def report(
     settled_cpu: float,
 ) -> None:
     n = args.count
+    if args.timeline:
+        args.timeline.write_text(json.dumps(asdict(timeline), indent=1))
     to_train = [timeline.train_job[k] - timeline.created[k] for k in timeline.train_job]
     to_bench = [
         timeline.bench_job[k] - timeline.trained[k]
@@ -657,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--py-spy", type=Path, default=None, help="record a flame graph here")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the operator's log here")
+    parser.add_argument(
+        "--timeline", type=Path, default=None, help="write each object's times here (JSON)"
+    )
     args = parser.parse_args(argv)
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
