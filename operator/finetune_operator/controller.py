@@ -55,6 +55,7 @@ from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
 from finetune_operator.job_cache import JobCache
 from finetune_operator.keyed_locks import KeyedLocks
 from finetune_operator.kube import Kube, NotLeading
+from finetune_operator.latest_bodies import LatestBodies
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.observe import (
     job_summary,
@@ -73,8 +74,8 @@ EventPoster = Callable[[Mapping[str, Any], Event], None]
 
 # Faults in a row before the Reconciling condition shows the one being retried.
 SHOW_FAULTS_AFTER = 3
-# A new generation takes two passes (record the new run, then start it); more would mean
-# decisions that never settle.
+# A new generation takes two passes (record the new run, then start it), three when its Job
+# waits in a queue (then say so); more would mean decisions that never settle.
 MAX_PASSES = 4
 # Threads of their own for moving aliases (a read and a conditional write each): a move
 # holds its alias's lock, and queued behind a burst's calls in the shared pool, every
@@ -150,6 +151,8 @@ class Controller:
         # The resourceVersion of each object as this operator's last status patches left it:
         # the watch events they cause tell nothing new.
         self._written: dict[tuple[str, str], collections.deque[str]] = {}
+        # The newest version of each object known, from its watch and these patches.
+        self._latest = LatestBodies()
         # Run directories known to hold this object's own config.json (run prefix, uid): a
         # config is written once, so it need not be read again on every pass.
         self._own_runs: set[tuple[str, str]] = set()
@@ -173,26 +176,27 @@ class Controller:
             self._poller = None
         self.schedule.clear()
         self.jobs.use(None)
+        self._latest.clear()
 
     def own_write(self, namespace: str, name: str, version: str | None) -> bool:
         """Whether an object at `version` is just what this operator's last status patch
         made of it (its watch event then asks for nothing)."""
         return version is not None and version in self._written.get((namespace, name), ())
 
-    async def reconcile(
-        self, namespace: str, name: str, seen: dict[str, Any] | None = None
-    ) -> None:
-        """Bring one FineTuneJob as far as its observed state allows; keep it on the poll
-        schedule while its run can move on without an event, or when this failed.
+    def seen(self, namespace: str, name: str, body: Mapping[str, Any], listed: bool) -> None:
+        """A watch event's body (`listed`: from a listing), so that the next reconcile of
+        the object need not read it (finetune_operator.latest_bodies)."""
+        self._latest.seen((namespace, name), body, listed)
 
-        `seen`: the object as the watch showed it. Until this operator has written the
-        object, no write of its own can be missing from it, so it is not read again: a
-        burst of new objects costs no read each. Once written, the watch may lag behind that
-        write, and the object is read."""
+    async def reconcile(self, namespace: str, name: str) -> None:
+        """Bring one FineTuneJob as far as its observed state allows; keep it on the poll
+        schedule while its run can move on without an event, or when this failed. The
+        object as its watch and this operator's writes last showed it, or read when
+        neither has."""
         key = (namespace, name)
         # The object's lock first: waiting for another reconcile of it holds no slot.
         async with self._objects.hold(key), self._slots.held():
-            obj = seen if key not in self._written else None
+            obj = self._latest.get(key)
             unwritten = None
             try:
                 for left in reversed(range(MAX_PASSES)):
@@ -213,10 +217,24 @@ class Controller:
                 await self._transient(namespace, name, error)
                 raise
             self._failures.pop(key, None)
-            if obj is None or run_state(obj, (), self.settings).settled:
+            interval = None if obj is None else self._poll_interval(obj)
+            if interval is None:
                 self.schedule.drop(key)
             else:
-                self.schedule.keep(key, asyncio.get_running_loop().time())
+                self.schedule.keep(key, asyncio.get_running_loop().time(), interval)
+
+    def _poll_interval(self, obj: Mapping[str, Any]) -> float | None:
+        """How often the object is polled now (polling.poll_interval), its Jobs as the
+        watch shows them; without the watch's cache yet, every progress interval."""
+        if not self.jobs.ready:
+            state = run_state(obj, (), self.settings)
+            return None if state.settled else self.settings.progress_interval_seconds
+        meta = obj.get("metadata") or {}
+        jobs = self.jobs.jobs(meta.get("namespace", ""), meta.get("name", ""))
+        state = run_state(obj, jobs, self.settings)
+        return polling.poll_interval(
+            state, self.settings.progress_interval_seconds, self.settings.stuck_pod_seconds
+        )
 
     async def _transient(self, namespace: str, name: str, error: Exception) -> None:
         """Count a fault the next pass may not meet; from the SHOW_FAULTS_AFTER-th in a row,
@@ -242,6 +260,7 @@ class Controller:
         self.metrics.forget(namespace, name)
         self.schedule.drop((namespace, name))
         self._written.pop((namespace, name), None)
+        self._latest.forget((namespace, name))
         self.jobs.forget(namespace, name)
 
     async def _pass(
@@ -257,10 +276,13 @@ class Controller:
         this reconcile left it (the API's answer to its patch, or the object with the
         status it did not write yet), so no read is needed for it; None: read it.
         `unwritten`: what earlier passes left to write, written with this pass's status."""
-        obj = known or await self.kube.get_finetunejob(namespace, name)
+        obj = known
         if obj is None:
-            self.forget(namespace, name)
-            return False, None, None
+            obj = await self.kube.get_finetunejob(namespace, name)
+            if obj is None:
+                self.forget(namespace, name)
+                return False, None, None
+            self._latest.seen((namespace, name), obj, listed=True)  # as it is now
         jobs = await self._jobs(namespace, name)
         state = await self._unstick(run_state(obj, jobs, self.settings), jobs)
         observation = await self._observe(state)
@@ -268,12 +290,14 @@ class Controller:
         if decision.promote:
             decision = decide(await self._promote(observation), datetime.now(UTC))
         try:
-            await self._carry_out(obj, observation.state, decision, jobs)
+            # A Job created suspended waits for its queue: the next pass says so.
+            queued = await self._carry_out(obj, observation.state, decision, jobs)
         except ApiException as error:
             if not refused_for_good(error):
                 raise  # a server error or a timeout: kopf retries the reconcile with back-off
             refused = replace(observation, create_refused=api_message(error))
             decision = decide(refused, datetime.now(UTC))
+            queued = False
         status = merge_patch(obj.get("status") or {}, decision.status)
         events = (unwritten.events if unwritten else ()) + decision.events
         base = unwritten.base if unwritten else obj.get("status") or {}
@@ -292,13 +316,14 @@ class Controller:
         # The phases this reconcile moved through are counted once written.
         self.metrics.observe(namespace, name, status.get("phase") or observation.state.phase, moved)
         self._announce(obj, events)
-        return decision.requeue, obj, None
+        return decision.requeue or queued, obj, None
 
     async def _write_status(
         self, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> dict[str, Any]:
         """Patch the status; the object as patched."""
         patched = await self.kube.patch_finetunejob_status(namespace, name, patch)
+        self._latest.written((namespace, name), patched)
         if version := (patched.get("metadata") or {}).get("resourceVersion"):
             # Several: the events of a reconcile's passes arrive after all of them.
             written = self._written.setdefault((namespace, name), collections.deque(maxlen=4))
@@ -415,7 +440,8 @@ class Controller:
         s: RunState,
         decision: Decision,
         jobs: Sequence[Mapping[str, Any]],
-    ) -> None:
+    ) -> bool:
+        """Whether a Job was created suspended (it waits for its Kueue queue)."""
         by_name = {job["metadata"]["name"]: job for job in jobs}
         for job in decision.delete:
             try:
@@ -430,7 +456,7 @@ class Controller:
                     "%s/%s: could not delete Job %s: %s", s.namespace, s.name, job, error.reason
                 )
         if decision.create is None:
-            return
+            return False
         # An error.json of an earlier try explains nothing about this one; a fresh run
         # directory has none.
         fresh = decision.create == "train" and await self._claim_run(s.paths, s.resolved, s.uid)
@@ -457,6 +483,7 @@ class Controller:
             "created" if created else "found existing",
             manifest["metadata"]["name"],
         )
+        return bool(manifest["spec"].get("suspend"))
 
     async def _prune(self, s: RunState, prune: Prune) -> None:
         """Retention, once the run settled: best effort (a store fault only logs; the next

@@ -86,13 +86,11 @@ def kopf_session(info: kopf.ConnectionInfo, watches: int) -> kopf.AiohttpSession
     return kopf.AiohttpSession(server=info.server, aiohttp_session=session)
 
 
-async def reconcile(
-    controller: Controller, namespace: str, name: str, seen: dict[str, Any] | None = None
-) -> None:
+async def reconcile(controller: Controller, namespace: str, name: str) -> None:
     """A failed reconcile is retried by the poll (the controller put it on the schedule)
     and shown in the object's conditions; kopf need not log its traceback."""
     try:
-        await controller.reconcile(namespace, name, seen)
+        await controller.reconcile(namespace, name)
     except NotLeading:
         log.info("%s/%s: reconcile stopped: the Lease was lost", namespace, name)
     except Exception as error:
@@ -143,13 +141,14 @@ def register(
         if kind == "DELETED":
             controller.forget(namespace, name)
             return
+        controller.seen(namespace, name, event["object"], listed=kind is None)
         if kind == "MODIFIED" and controller.own_write(
             namespace, name, meta.get("resourceVersion")
         ):
             return
         if kind is None and settled(body):
             return  # listed (the operator starts, a watch resumes): nothing to do
-        await reconcile(controller, namespace, name, dict(event["object"]))
+        await reconcile(controller, namespace, name)
 
     @kopf.on.event(
         "batch", "v1", "jobs", registry=registry, id="child-job", labels={LABEL_JOB: kopf.PRESENT}

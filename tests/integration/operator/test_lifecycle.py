@@ -91,13 +91,14 @@ async def test_passing_run_is_trained_benchmarked_and_promoted(cluster: Cluster)
 async def test_progress_json_is_copied_into_the_status(cluster: Cluster) -> None:
     await cluster.create(small_job("progress", cluster.dataset))
     train = await cluster.wait_for_job("progress", 1, "train")
+    await cluster.job_running(train["metadata"]["name"])
     cluster.pod_wrote_progress(cluster.run("progress"), step=3, total=12)
 
     status = await cluster.wait_for(
         lambda: (s := cluster.status("progress")).get("progress", {}).get("step") == 3 and s,
         "status.progress from progress.json",
     )
-    assert status["phase"] == "Training"  # progress means the pod runs, ready or not
+    assert status["phase"] == "Training"
     assert status["progress"]["totalSteps"] == 12
     assert status["progress"]["percent"] == 25
     assert train["metadata"]["name"] == "progress-g1-train"
