@@ -195,7 +195,9 @@ class Controller:
         neither has."""
         key = (namespace, name)
         # The object's lock first: waiting for another reconcile of it holds no slot.
-        async with self._objects.hold(key), self._slots.held():
+        # The first reconcile of an object new to this operator goes before the others.
+        urgent = key not in self._written
+        async with self._objects.hold(key), self._slots.held(urgent):
             obj = self._latest.get(key)
             unwritten = None
             try:

@@ -126,3 +126,48 @@ async def test_giving_up_a_slot_of_one_set_leaves_another_set_alone() -> None:
     async with outer.held(), inner.given_up():
         await asyncio.wait_for(asyncio.gather(*(count() for _ in range(3))), 5)
     assert peak == 1
+
+
+async def test_a_free_slot_goes_to_urgent_work_before_work_that_waited_longer() -> None:
+    slots, release = WorkSlots(1), asyncio.Event()
+    order: list[str] = []
+
+    async def work(name: str, urgent: bool) -> None:
+        async with slots.held(urgent):
+            order.append(name)
+            if name == "first":
+                await release.wait()
+
+    first = asyncio.create_task(work("first", urgent=False))
+    await wait_until(lambda: order == ["first"], "the first at work")
+    waiting = [asyncio.create_task(work("next step", urgent=False))]
+    await settle()
+    waiting += [asyncio.create_task(work(f"new {n}", urgent=True)) for n in range(2)]
+    await settle()
+    release.set()
+    await asyncio.gather(first, *waiting)
+    assert order == ["first", "new 0", "new 1", "next step"]
+
+
+async def test_a_waiter_cancelled_in_its_queue_takes_no_slot_from_the_others() -> None:
+    slots, release = WorkSlots(1), asyncio.Event()
+    order: list[str] = []
+
+    async def work(name: str, urgent: bool) -> None:
+        async with slots.held(urgent):
+            order.append(name)
+            if name == "first":
+                await release.wait()
+
+    first = asyncio.create_task(work("first", urgent=False))
+    await wait_until(lambda: order == ["first"], "the first at work")
+    gone = asyncio.create_task(work("gone", urgent=True))
+    later = asyncio.create_task(work("later", urgent=False))
+    await settle()
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    release.set()
+    await asyncio.gather(first, later)
+    assert order == ["first", "later"]
+    async with slots.held():  # the slot is free again
+        pass
