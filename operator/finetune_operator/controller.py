@@ -54,6 +54,7 @@ from finetune_operator import polling
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
 from finetune_operator.job_cache import JobCache
 from finetune_operator.keyed_locks import KeyedLocks
+from finetune_operator.known_datasets import KnownDatasets
 from finetune_operator.kube import Kube, NotLeading
 from finetune_operator.latest_bodies import LatestBodies
 from finetune_operator.metrics import OperatorMetrics
@@ -156,6 +157,7 @@ class Controller:
         # Run directories known to hold this object's own config.json (run prefix, uid): a
         # config is written once, so it need not be read again on every pass.
         self._own_runs: set[tuple[str, str]] = set()
+        self._datasets = KnownDatasets()  # found a moment ago: not looked up again
         # Each object's Jobs as the watch saw them (kopf's index, given by the handlers).
         self.jobs = JobCache()
 
@@ -356,6 +358,8 @@ class Controller:
 
     async def _observe(self, state: RunState) -> Observation:
         want = reads(state)
+        if want.dataset is not None and self._datasets.known(want.dataset):
+            want = replace(want, dataset=None)
         paths = state.paths
         own = (paths.prefix, state.uid or "") in self._own_runs
         run_files = want.progress or want.metrics or want.report or want.error
@@ -376,6 +380,8 @@ class Controller:
             self.settings.s3_endpoint,
             None if own else state.uid,
         )
+        if want.dataset is not None and not files.dataset_missing:
+            self._datasets.found(want.dataset)
         if files.error is not None:
             error = files.error.model_copy(
                 update={"message": redact(files.error.message, self._secrets)}
