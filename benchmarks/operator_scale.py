@@ -296,6 +296,9 @@ class HttpCluster(Cluster):
             async with self.session.get(
                 self.base + url, params=query, ssl=self.context, timeout=timeout
             ) as response:
+                if response.status == 429:  # the server's watch cache is still filling
+                    await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                    continue
                 assert response.status == 200, f"watch {url}: {response.status}"
                 async for line in response.content:
                     if not line.strip():
@@ -498,7 +501,7 @@ async def measure(
                 f"created {args.count} FineTuneJobs in {time.monotonic() - started:.1f} s",
                 flush=True,
             )
-            await watch_until(done, args.timeout, timeline, operator.pid, started)
+            await watch_until(done, args.timeout, timeline, operator.pid, started, background)
             elapsed = time.monotonic() - started
             writes1 = await trailing_writes(backend)
             cpu1 = cpu_seconds(operator.pid)
@@ -574,10 +577,19 @@ async def trailing_writes(backend: Backend, deadline_seconds: float = 30.0) -> C
 
 
 async def watch_until(
-    done: asyncio.Event, timeout: float, timeline: Timeline, pid: int, started: float
+    done: asyncio.Event,
+    timeout: float,
+    timeline: Timeline,
+    pid: int,
+    started: float,
+    watches: list[asyncio.Task[None]],
 ) -> None:
     deadline = time.monotonic() + timeout
     while not done.is_set():
+        for watch in watches:  # the script's own watches never end: one that did failed
+            if watch.done():
+                watch.result()
+                raise RuntimeError(f"{watch.get_coro()} ended")
         if time.monotonic() > deadline:
             phases = Counter(timeline.phases.values())
             raise RuntimeError(f"not every lifecycle was Promoted in {timeout:.0f} s: {phases}")
