@@ -6,7 +6,7 @@ from finetune_core.api import RunConfig
 from finetune_core.layout import CurrentAlias
 from finetune_core.lifecycle import APPROVE_ANNOTATION
 from finetune_operator.builders import LABEL_JOB
-from tests.integration.operator.harness import FINETUNEJOBS, JOBS, NAMESPACE, Cluster
+from tests.integration.operator.harness import FINETUNEJOBS, NAMESPACE, Cluster
 from tests.support.manifests import small_job
 
 
@@ -226,27 +226,23 @@ async def test_a_recreated_job_never_reads_or_adopts_its_predecessors_run(
     assert status.get("metrics") is None
 
 
-async def test_a_new_object_gets_its_training_job_without_being_read_back(
-    emulator_cluster: Cluster,
-) -> None:
-    """The watch's event carries the new object as it is; reading it again before the
-    operator's first write would be a request per creation in a burst of them. (On the
-    emulator, which records every request.)"""
+async def test_a_whole_lifecycle_never_reads_the_object_back(emulator_cluster: Cluster) -> None:
+    """The watch's events and the answers to the operator's own patches carry the object as
+    it is: reading it again on each reconcile (a new object's, a Job event's, the poll's)
+    was a request per step of every run. (On the emulator, which records every request.)"""
     cluster = emulator_cluster
     await cluster.create(small_job("unread", cluster.dataset))
     train = await cluster.wait_for_job("unread", 1, "train")
     await cluster.wait_for_phase("unread", "Pending")
-    served = cluster.api.served()
-    created = next(
-        i
-        for i, request in enumerate(served)
-        if request.method == "POST"
-        and request.resource == JOBS
-        and request.data["metadata"]["name"] == train["metadata"]["name"]
+    await cluster.job_running(train["metadata"]["name"])
+    cluster.pod_wrote_progress(cluster.run("unread"), step=1, total=4)
+    await cluster.wait_for(
+        lambda: cluster.status("unread").get("progress", {}).get("step") == 1, "a polled progress"
     )
+    await cluster.finish("unread", train)
     reads = [
         request
-        for request in served[:created]
+        for request in cluster.api.served()
         if request.method == "GET" and request.resource == FINETUNEJOBS and request.name == "unread"
     ]
     assert reads == []
