@@ -128,46 +128,47 @@ async def test_giving_up_a_slot_of_one_set_leaves_another_set_alone() -> None:
     assert peak == 1
 
 
-async def test_a_free_slot_goes_to_urgent_work_before_work_that_waited_longer() -> None:
-    slots, release = WorkSlots(1), asyncio.Event()
-    order: list[str] = []
+class OneSlot:
+    """One slot, held by "first" until released; each block records its turn."""
 
-    async def work(name: str, urgent: bool) -> None:
-        async with slots.held(urgent):
-            order.append(name)
+    def __init__(self) -> None:
+        self.slots, self.release = WorkSlots(1), asyncio.Event()
+        self.order: list[str] = []
+
+    async def work(self, name: str, urgent: bool = False) -> None:
+        async with self.slots.held(urgent):
+            self.order.append(name)
             if name == "first":
-                await release.wait()
+                await self.release.wait()
 
-    first = asyncio.create_task(work("first", urgent=False))
-    await wait_until(lambda: order == ["first"], "the first at work")
-    waiting = [asyncio.create_task(work("next step", urgent=False))]
+    async def first_at_work(self) -> asyncio.Task[None]:
+        first = asyncio.create_task(self.work("first"))
+        await wait_until(lambda: self.order == ["first"], "the first at work")
+        return first
+
+
+async def test_a_free_slot_goes_to_urgent_work_before_work_that_waited_longer() -> None:
+    one = OneSlot()
+    first = await one.first_at_work()
+    waiting = [asyncio.create_task(one.work("next step"))]
     await settle()
-    waiting += [asyncio.create_task(work(f"new {n}", urgent=True)) for n in range(2)]
+    waiting += [asyncio.create_task(one.work(f"new {n}", urgent=True)) for n in range(2)]
     await settle()
-    release.set()
+    one.release.set()
     await asyncio.gather(first, *waiting)
-    assert order == ["first", "new 0", "new 1", "next step"]
+    assert one.order == ["first", "new 0", "new 1", "next step"]
 
 
 async def test_a_waiter_cancelled_in_its_queue_takes_no_slot_from_the_others() -> None:
-    slots, release = WorkSlots(1), asyncio.Event()
-    order: list[str] = []
-
-    async def work(name: str, urgent: bool) -> None:
-        async with slots.held(urgent):
-            order.append(name)
-            if name == "first":
-                await release.wait()
-
-    first = asyncio.create_task(work("first", urgent=False))
-    await wait_until(lambda: order == ["first"], "the first at work")
-    gone = asyncio.create_task(work("gone", urgent=True))
-    later = asyncio.create_task(work("later", urgent=False))
+    one = OneSlot()
+    first = await one.first_at_work()
+    gone = asyncio.create_task(one.work("gone", urgent=True))
+    later = asyncio.create_task(one.work("later"))
     await settle()
     gone.cancel()
     await asyncio.gather(gone, return_exceptions=True)
-    release.set()
+    one.release.set()
     await asyncio.gather(first, later)
-    assert order == ["first", "later"]
-    async with slots.held():  # the slot is free again
+    assert one.order == ["first", "later"]
+    async with one.slots.held():  # the slot is free again
         pass
