@@ -229,15 +229,15 @@ class Controller:
 
     def _poll_interval(self, obj: Mapping[str, Any]) -> float | None:
         """How often the object is polled now (polling.poll_interval), its Jobs as the
-        watch shows them; without the watch's cache yet, every progress interval."""
-        if not self.jobs.ready:
-            state = run_state(obj, (), self.settings)
-            return None if state.settled else self.settings.progress_interval_seconds
+        watch shows them. Without the watch's cache yet, no Jobs: an unsettled run is then
+        polled every progress interval."""
         meta = obj.get("metadata") or {}
-        jobs = self.jobs.jobs(meta.get("namespace", ""), meta.get("name", ""))
-        state = run_state(obj, jobs, self.settings)
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        jobs = self.jobs.jobs(*key) if self.jobs.ready else ()
         return polling.poll_interval(
-            state, self.settings.progress_interval_seconds, self.settings.stuck_pod_seconds
+            run_state(obj, jobs, self.settings),
+            self.settings.progress_interval_seconds,
+            self.settings.stuck_pod_seconds,
         )
 
     async def _transient(self, namespace: str, name: str, error: Exception) -> None:

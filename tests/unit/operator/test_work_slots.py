@@ -18,6 +18,22 @@ async def wait_until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.001)
 
 
+async def most_at_once(slots: WorkSlots, blocks: int = 3) -> int:
+    """Run `blocks` blocks in `slots` together; how many were inside at once, at most."""
+    held = peak = 0
+
+    async def count() -> None:
+        nonlocal held, peak
+        async with slots.held():
+            held += 1
+            peak = max(peak, held)
+            await asyncio.sleep(0)
+            held -= 1
+
+    await asyncio.wait_for(asyncio.gather(*(count() for _ in range(blocks))), 5)
+    return peak
+
+
 async def settle() -> None:
     """Let every task that can run do so (they only wait on each other here)."""
     for _ in range(20):
@@ -95,36 +111,15 @@ async def test_cancelled_while_taking_its_slot_again_frees_none() -> None:
     release.set()
     await second
     # One slot, free again: one block at a time, and not none.
-    held = peak = 0
-
-    async def count() -> None:
-        nonlocal held, peak
-        async with slots.held():
-            held += 1
-            peak = max(peak, held)
-            await asyncio.sleep(0)
-            held -= 1
-
-    await asyncio.wait_for(asyncio.gather(*(count() for _ in range(3))), 5)
-    assert peak == 1
+    assert await most_at_once(slots) == 1
 
 
 async def test_giving_up_a_slot_of_one_set_leaves_another_set_alone() -> None:
     """A task in a slot of `outer` that enters `inner.given_up()` holds none of inner's, so
     frees none: meanwhile inner still has its one slot, not two."""
     outer, inner = WorkSlots(1), WorkSlots(1)
-    held = peak = 0
-
-    async def count() -> None:
-        nonlocal held, peak
-        async with inner.held():
-            held += 1
-            peak = max(peak, held)
-            await asyncio.sleep(0)
-            held -= 1
-
     async with outer.held(), inner.given_up():
-        await asyncio.wait_for(asyncio.gather(*(count() for _ in range(3))), 5)
+        peak = await most_at_once(inner)
     assert peak == 1
 
 
