@@ -28,6 +28,7 @@ from prometheus_client import start_http_server
 from finetune_core.store import open_store
 from finetune_operator import handlers, polling
 from finetune_operator.controller import Controller
+from finetune_operator.event_posting import EventPoster
 from finetune_operator.kube import Kube, load_configuration
 from finetune_operator.leader import LeaderElector, LeaseApi, LeaseConfig, own_namespace
 from finetune_operator.metrics import OperatorMetrics
@@ -63,15 +64,11 @@ async def operate(
     """
     kube = Kube.connect(settings.api_timeout_seconds)
     store = open_store(settings.store, settings.s3_endpoint)
+    events = EventPoster(kube)
     controller = Controller(
-        settings,
-        kube,
-        store,
-        metrics or OperatorMetrics(),
-        post_event=handlers.post_event,
-        slots=THREADS,
+        settings, kube, store, metrics or OperatorMetrics(), events=events, slots=THREADS
     )
-    tournaments = TournamentController(kube, store, post_event=handlers.post_event)
+    tournaments = TournamentController(kube, store, events=events)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, controller, settings, tournaments)
     kopf_settings = kopf.OperatorSettings()
@@ -108,6 +105,7 @@ async def operate(
         finally:
             watcher.cancel()
             await controller.stop_polling()
+            await events.stop()  # what a lost leader did not post yet, the next one won't
 
     async def _kopf(kopf_stop: Flag | None, ready: Flag | None, endpoint: str | None) -> None:
         await kopf.operator(
