@@ -38,8 +38,8 @@ RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0)
 
 
 class EventPoster:
-    """Queues Events (`post`, from the event loop) and posts them from worker tasks started
-    on the first post; `stop` ends them and drops what was not posted yet."""
+    """Queues Events (`post`, from the event loop) and posts them from worker tasks, from
+    `start` until `stop` (which drops what was not posted yet)."""
 
     def __init__(self, kube: Kube, instance: str | None = None, workers: int = WORKERS):
         self._kube = kube
@@ -48,20 +48,35 @@ class EventPoster:
         self._queues: list[asyncio.Queue[dict[str, Any]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._last_ns = 0
+        self._pending = 0  # queued or being posted
 
     def post(self, obj: Mapping[str, Any], event: Event) -> None:
         """Queue an Event on `obj` (timed now); one object's Events all go to one worker."""
+        if not self._tasks:
+            raise RuntimeError("Events are posted between start() and stop()")
         body = self.body(obj, event)
-        if not self._tasks or any(task.done() for task in self._tasks):
-            self._start()  # not yet started, or cancelled with kopf when it stopped
         uid = str(body["involvedObject"].get("uid") or body["involvedObject"]["name"])
         self._queues[zlib.crc32(uid.encode()) % self._workers].put_nowait(body)
+        self._pending += 1
+
+    def pending(self) -> int:
+        """Events queued and not yet posted or given up."""
+        return self._pending
+
+    def start(self) -> None:
+        self._queues = [asyncio.Queue() for _ in range(self._workers)]
+        self._tasks = [
+            asyncio.create_task(self._work(queue), name=f"event poster {index}")
+            for index, queue in enumerate(self._queues)
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks, self._queues = [], []
+        if self._pending:
+            log.info("%d Events not posted: the operator stops", self._pending)
+        self._tasks, self._queues, self._pending = [], [], 0
 
     def body(self, obj: Mapping[str, Any], event: Event) -> dict[str, Any]:
         meta = obj.get("metadata") or {}
@@ -92,16 +107,13 @@ class EventPoster:
             "count": 1,
         }
 
-    def _start(self) -> None:
-        self._queues = [asyncio.Queue() for _ in range(self._workers)]
-        self._tasks = [
-            asyncio.create_task(self._work(queue), name=f"event poster {index}")
-            for index, queue in enumerate(self._queues)
-        ]
-
     async def _work(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
-            await self._send(await queue.get())
+            body = await queue.get()
+            try:
+                await self._send(body)
+            finally:
+                self._pending -= 1
 
     async def _send(self, body: Mapping[str, Any]) -> None:
         what = f"{body['metadata']['namespace']}/{body['involvedObject']['name']}: {body['reason']}"

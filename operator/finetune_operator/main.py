@@ -105,7 +105,6 @@ async def operate(
         finally:
             watcher.cancel()
             await controller.stop_polling()
-            await events.stop()  # what a lost leader did not post yet, the next one won't
 
     async def _kopf(kopf_stop: Flag | None, ready: Flag | None, endpoint: str | None) -> None:
         await kopf.operator(
@@ -118,12 +117,17 @@ async def operate(
             ready_flag=ready,
         )
 
+    # Started before kopf: kopf takes the tasks started while it runs for its own, and waits
+    # for them when it stops. Once the Lease is lost, what was not posted yet is refused
+    # (the writes of a former leader are: finetune_operator.kube).
+    events.start()
     try:
         if not settings.leader_election:
             await run_kopf(stop_flag, ready_flag, liveness_endpoint)
         else:
             await _lead(settings, run_kopf, liveness_endpoint, stop_flag, ready_flag)
     finally:
+        await events.stop()
         kube.close()
 
 

@@ -1,11 +1,13 @@
 """The operator's Event posting against the emulator: each object's Events in order, each
-once, and posting that starts again after it was stopped."""
+once, and none by an operator that lost its Lease."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from finetune_core.lifecycle import Event
 from finetune_operator.event_posting import COMPONENT, EventPoster
@@ -39,6 +41,7 @@ async def until(check: Callable[[], bool], what: str) -> None:
 async def test_each_objects_events_are_posted_once_in_order(api: ApiServer) -> None:
     kube = Kube.connect(5.0)
     poster = EventPoster(kube, instance="test")
+    poster.start()
     objects = [finetunejob(f"job-{index}") for index in range(5)]
     for step in range(8):
         for obj in objects:
@@ -60,17 +63,28 @@ async def test_each_objects_events_are_posted_once_in_order(api: ApiServer) -> N
         kube.close()
 
 
-async def test_posting_starts_again_after_it_was_stopped(api: ApiServer) -> None:
-    """kopf cancels the workers when it stops (a lost Lease); the next leadership posts."""
+async def test_an_event_queued_when_the_lease_is_lost_is_dropped(api: ApiServer) -> None:
+    """A former leader's Events are refused before they are sent, not retried until the
+    Lease comes back: the next leader says what happens from then on."""
     kube = Kube.connect(5.0)
     poster = EventPoster(kube, instance="test")
+    poster.start()
+    obj = finetunejob("demo")
     try:
-        poster.post(finetunejob("before"), Event("Normal", "Step", "1"))
-        await until(lambda: len(posted(api)) == 1, "the first Event")
-        await poster.stop()
-        poster.post(finetunejob("after"), Event("Warning", "Step", "2"))
-        await until(lambda: len(posted(api)) == 2, "the Event after the stop")
-        assert posted(api)[1]["type"] == "Warning"
+        kube.may_write = lambda: False
+        poster.post(obj, Event("Normal", "Step", "as a former leader"))
+        await until(lambda: poster.pending() == 0, "the first Event handled")
+        kube.may_write = lambda: True
+        poster.post(obj, Event("Normal", "Step", "as the leader"))
+        await until(lambda: len(posted(api)) == 1, "the Event of the leader")
+        assert poster.pending() == 0
+        assert [e["message"] for e in posted(api)] == ["as the leader"]
     finally:
         await poster.stop()
         kube.close()
+
+
+async def test_an_event_is_posted_only_between_start_and_stop(api: ApiServer) -> None:
+    poster = EventPoster(Kube.connect(5.0), instance="test")
+    with pytest.raises(RuntimeError):
+        poster.post(finetunejob("early"), Event("Normal", "Step", "1"))
