@@ -8,7 +8,8 @@ pods: every Job it sees runs for `--stage-seconds`, writes the files its stage l
 (tests/support/stage_files.py) and succeeds. The store is the control plane's MinIO beside
 the real API server, moto's S3 server (in this process) beside the emulator.
 
-Printed: p50/p95/max from create to the training Job and from the training Job's success to
+Printed: p50/p95/max from create to the training Job (as this script saw them and, against
+the real API server, as its audit log times them) and from the training Job's success to
 the benchmark Job; the operator's API writes per lifecycle (counted by the emulator, or from
 the API server's audit log), by kind; the operator's CPU seconds (per lifecycle, too) and
 RSS; the API server's own CPU seconds; then the operator's CPU with N settled objects over
@@ -33,8 +34,9 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +140,11 @@ class Backend:
 
     async def writes(self) -> Counter[str]:
         raise NotImplementedError
+
+    async def admissions(self) -> list[float]:
+        """Seconds from each FineTuneJob's creation to its training Job's, as the API server
+        timed them (none where it keeps no such record)."""
+        return []
 
     def s3(self) -> dict[str, str] | None:
         """The S3 server beside this API server (endpoint, accessKey, secretKey), if any."""
@@ -248,6 +255,9 @@ class ApiServerBackend(Backend):
         )
         return writes
 
+    async def admissions(self) -> list[float]:
+        return admission_seconds(await asyncio.to_thread(self.plane.audit))
+
     def s3(self) -> dict[str, str] | None:
         return self.plane.s3()
 
@@ -255,6 +265,33 @@ class ApiServerBackend(Backend):
         from tests.controlplane import server
 
         await asyncio.to_thread(server.stop, self.directory)
+
+
+def admission_seconds(audit: Iterable[Mapping[str, Any]]) -> list[float]:
+    """From an audit log: when the API server answered each FineTuneJob's creation, and when
+    it answered its training Job's. Unlike the script's own times (the answer to its create,
+    then its watch's sight of the Job), neither waits for this script's event loop, which
+    shares the cores with everything measured."""
+    created: dict[str, datetime] = {}
+    trained: dict[str, datetime] = {}
+    for event in audit:
+        ref = event.get("objectRef") or {}
+        code = (event.get("responseStatus") or {}).get("code")
+        if (
+            event.get("stage") != "ResponseComplete"
+            or event.get("verb") != "create"
+            or code != 201
+            or "subresource" in ref
+        ):
+            continue
+        meta = (event.get("requestObject") or {}).get("metadata") or {}
+        labels = meta.get("labels") or {}
+        at = datetime.fromisoformat(event["stageTimestamp"])
+        if ref.get("resource") == "finetunejobs":
+            created[meta["name"]] = at
+        elif ref.get("resource") == "jobs" and labels.get(LABEL_STAGE) == "train":
+            trained[labels[LABEL_JOB]] = at
+    return [(trained[name] - at).total_seconds() for name, at in created.items() if name in trained]
 
 
 # ---------------------------------------------------------------- the Job controller
@@ -504,6 +541,7 @@ async def measure(
             await watch_until(done, args.timeout, timeline, operator.pid, started, background)
             elapsed = time.monotonic() - started
             writes1 = await trailing_writes(backend)
+            admitted = await backend.admissions()
             cpu1 = cpu_seconds(operator.pid)
             api_cpu1 = {k: cpu_seconds(p) for k, p in backend.pids.items()}
             rss1, peak1 = memory_mb(operator.pid)
@@ -523,6 +561,7 @@ async def measure(
             operator_cpu=cpu1 - cpu0,
             api_cpu={k: api_cpu1[k] - api_cpu0[k] for k in api_cpu0},
             writes=writes1 - writes0,
+            admitted=admitted,
             settled_writes=writes2 - writes1,
             rss=(rss0, rss1, rss2, max(peak1, peak2)),
             settled_cpu=cpu2 - settled_cpu0,
@@ -558,8 +597,8 @@ async def start_py_spy(path: Path, pid: int, tasks: set[asyncio.Task[None]]) -> 
 
 
 async def trailing_writes(backend: Backend, deadline_seconds: float = 30.0) -> Counter[str]:
-    """The writes so far, once the lifecycles' last ones are in: kopf posts an Event after
-    the status patch that reported it, so the last object's Promoted Event may follow its
+    """The writes so far, once the lifecycles' last ones are in: the operator posts an Event
+    after the status patch that reported it, so the last object's Promoted Event may follow its
     phase by a moment. Done when nothing but the Lease changed over half a second."""
 
     def lifecycle(writes: Counter[str]) -> Counter[str]:
@@ -613,6 +652,7 @@ def report(
     operator_cpu: float,
     api_cpu: dict[str, float],
     writes: Counter[str],
+    admitted: list[float],
     settled_writes: Counter[str],
     rss: tuple[float, float, float, float],
     settled_cpu: float,
@@ -632,6 +672,8 @@ def report(
     print(f"server {args.server}, {n} FineTuneJobs, stage {args.stage_seconds} s")
     print(f"all Promoted after {elapsed:.1f} s")
     print(f"create -> training Job: {percentiles(to_train)}")
+    if admitted:
+        print(f"create -> training Job, at the API server (audit log): {percentiles(admitted)}")
     print(f"training done -> benchmark Job: {percentiles(to_bench)}")
     total = sum(per_job.values())
     detail = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(per_job.items()))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from benchmarks.operator_scale import admission_seconds
+from finetune_operator.builders import LABEL_JOB, LABEL_STAGE
 from tests.integration.benchmark.test_trainer_benchmarks import run_script
 
 
@@ -35,3 +37,29 @@ def test_operator_scale_runs_three_lifecycles_and_counts_their_writes() -> None:
     settled = re.search(r"settled: .* API writes (\d+) \((.*)\)", printed)
     assert settled is not None, printed
     assert all("leases" in kind for kind in settled.group(2).split(", ") if kind), printed
+
+
+def audited(verb: str, resource: str, at: str, code: int = 201, **meta: object) -> dict:
+    return {
+        "stage": "ResponseComplete",
+        "verb": verb,
+        "objectRef": {"resource": resource, "namespace": "ml"},
+        "responseStatus": {"code": code},
+        "requestObject": {"metadata": meta},
+        "stageTimestamp": at,
+    }
+
+
+def test_admission_latency_is_read_from_the_api_servers_own_times() -> None:
+    """Only created FineTuneJobs and their training Jobs count: not a benchmark Job, not a
+    create the server refused, not a FineTuneJob whose training Job never came."""
+    train = {LABEL_JOB: "a", LABEL_STAGE: "train"}
+    audit = [
+        audited("create", "finetunejobs", "2026-11-27T06:00:00.250000Z", name="a"),
+        audited("create", "finetunejobs", "2026-11-27T06:00:00.500000Z", name="b"),
+        audited("create", "jobs", "2026-11-27T06:00:01.000000Z", 409, labels=train),
+        audited("create", "jobs", "2026-11-27T06:00:01.750000Z", labels=train),
+        audited("create", "jobs", "2026-11-27T06:00:09Z", labels={**train, LABEL_STAGE: "bench"}),
+        audited("patch", "jobs", "2026-11-27T06:00:02Z", labels=train),
+    ]
+    assert admission_seconds(audit) == [1.5]
