@@ -16,7 +16,7 @@ import concurrent.futures
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -52,11 +52,10 @@ from finetune_core.runs import new_run_config
 from finetune_core.store import ArtifactStore
 from finetune_operator import polling
 from finetune_operator.builders import CREDENTIAL_KEYS, build_job, child_labels
-from finetune_operator.event_posting import EventPoster
 from finetune_operator.job_cache import JobCache
 from finetune_operator.keyed_locks import KeyedLocks
 from finetune_operator.known_datasets import KnownDatasets
-from finetune_operator.kube import Kube, NotLeading, refused_for_good
+from finetune_operator.kube import Kube, NotLeading
 from finetune_operator.latest_bodies import LatestBodies
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.observe import (
@@ -71,6 +70,8 @@ from finetune_operator.settings import OperatorSettings
 from finetune_operator.work_slots import WorkSlots
 
 log = logging.getLogger(__name__)
+
+EventPoster = Callable[[Mapping[str, Any], Event], None]
 
 # Faults in a row before the Reconciling condition shows the one being retried.
 SHOW_FAULTS_AFTER = 3
@@ -88,6 +89,11 @@ def redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
+
+
+def refused_for_good(error: ApiException) -> bool:
+    """A 4xx other than a conflict or throttling: the same request will be refused again."""
+    return 400 <= (error.status or 0) < 500 and error.status not in (409, 429)
 
 
 def api_message(error: ApiException) -> str:
@@ -121,14 +127,14 @@ class Controller:
         kube: Kube,
         store: ArtifactStore,
         metrics: OperatorMetrics,
-        events: EventPoster,
+        post_event: EventPoster,
         slots: int,
     ):
         self.settings = settings
         self.kube = kube
         self.store = store
         self.metrics = metrics
-        self.events = events
+        self.post_event = post_event
         # The operator's own store credentials: never let one through into a status or Event.
         self._secrets = [value for key in CREDENTIAL_KEYS if (value := os.environ.get(key))]
         self._objects = KeyedLocks()  # one reconcile of an object at a time
@@ -157,8 +163,9 @@ class Controller:
 
     def start_polling(self) -> None:
         """Poll the runs in progress (finetune_operator.polling), unless it runs already.
-        Called from kopf's handlers, so it runs only while kopf does (in the leader); kopf
-        cancels it when it stops."""
+        Called from kopf's handlers: the poll's task inherits their context, where kopf
+        keeps the queue the Events of a reconcile are posted through (a task started
+        anywhere else would have its Events fail)."""
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(polling.poll(self.schedule, self.reconcile))
 
@@ -339,7 +346,7 @@ class Controller:
                 event.reason,
                 event.message,
             )
-            self.events.post(obj, event)
+            self.post_event(obj, event)
 
     # ---------------------------------------------------------------- observe
 

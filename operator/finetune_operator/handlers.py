@@ -18,14 +18,15 @@ needs none of it: it is level-based, reads what it needs and records it in the s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import aiohttp
 import kopf
 from kubernetes.client import Configuration
 
 from finetune_core.api import GROUP, PLURAL, VERSION
+from finetune_core.lifecycle import Event
 from finetune_core.tournament import TOURNAMENT_KIND, TOURNAMENT_PLURAL
 from finetune_core.tournament_lifecycle import LABEL_TOURNAMENT, tournament_state
 from finetune_operator.builders import LABEL_JOB
@@ -42,6 +43,12 @@ FINALIZER = "finetune.dev/operator"
 # under which kopf hands it to every handler.
 JOBS_INDEX = "jobs_by_owner"
 TIMER_EXIT_SECONDS = 2.0
+
+
+def post_event(obj: Mapping[str, Any], event: Event) -> None:
+    """Queue a Kubernetes Event on the object; kopf posts it in the background."""
+    body = kopf.Body(cast(kopf.RawBody, dict(obj)))
+    kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
 def connection_info(configuration: Configuration) -> kopf.ConnectionInfo:
@@ -66,14 +73,13 @@ def connection_info(configuration: Configuration) -> kopf.ConnectionInfo:
 
 def kopf_session(info: kopf.ConnectionInfo, watches: int) -> kopf.AiohttpSession:
     """kopf's HTTP session, as kopf would build it from `info`, but with a bounded number of
-    connections: its own has no limit (when kopf still posted the Events, a burst of 300
-    objects opened 116 TLS connections at once, each holding asyncio's 256 KiB read
-    buffer). The watch streams hold one each; SPARE_CONNECTIONS are left for the rest (the
-    initial listings, the tournaments' finalizers). kopf closes the session when it is
-    done."""
+    connections: its own has no limit, and kopf posts each object's Events from a task of
+    its own, so a burst opened a TLS connection per object posting (116 at once in a burst
+    of 300, each holding asyncio's 256 KiB read buffer). The watch streams hold one each;
+    EVENT_CONNECTIONS are left for the rest. kopf closes the session when it is done."""
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
-            limit=watches + SPARE_CONNECTIONS, ssl=info.as_ssl_context()
+            limit=watches + EVENT_CONNECTIONS, ssl=info.as_ssl_context()
         ),
         headers=info.as_http_headers(),
     )
@@ -233,9 +239,9 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
     # finalizer carries this operator's name.
     kopf_settings.persistence.finalizer = FINALIZER
     kopf_settings.persistence.diffbase_storage = TournamentDiffBase()
-    # kopf posts no Events: not its log lines (an Event per handler run would be a write per
-    # watch event), and not the operator's, which finetune_operator.event_posting posts.
-    kopf_settings.posting.enabled = False
+    # Only the Events we post ourselves (kopf's log lines stay logs): an Event per handler
+    # run would be a write per watch event.
+    kopf_settings.posting.loggers = False
     # kopf's worker limit stays unset (one worker per object with events queued): a worker
     # holds its slot for queueing.idle_timeout after its last event, so a limit of N caps
     # the burst of a thousand creations at N objects per idle timeout. Concurrency is
@@ -255,9 +261,8 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
 # The kinds kopf watches, each in every watched namespace (or once cluster-wide):
 # FineTuneJobs, their Jobs and FineTuneTournaments.
 WATCHED_KINDS = 3
-# kopf's connections beyond its watch streams: the initial listings, the tournaments'
-# finalizers and handler state.
-SPARE_CONNECTIONS = 4
+# kopf's connections beyond its watch streams: Event posts and the initial listings.
+EVENT_CONNECTIONS = 16
 
 # Objects per page of kopf's initial listings.
 LIST_PAGE = 500

@@ -46,7 +46,6 @@ MERGE_PATCH = "application/merge-patch+json"
 BACKGROUND = {"propagationPolicy": "Background"}
 JOBS = "/apis/batch/v1/namespaces/{namespace}/jobs"
 PODS = "/api/v1/namespaces/{namespace}/pods"
-EVENTS = "/api/v1/namespaces/{namespace}/events"
 CUSTOM = f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{{plural}}"
 
 
@@ -235,11 +234,6 @@ class Kube:
         """Delete a Job and, in the background, its pods; an absent Job is not an error."""
         await self._delete(JOBS + "/{name}", _at(namespace, name=name))
 
-    async def create_event(self, event: Mapping[str, Any]) -> bool:
-        """Post an Event; False when one of its name exists already (an earlier try of
-        this post that arrived although its answer did not)."""
-        return await self._create(EVENTS, _at(event["metadata"]["namespace"]), event) is not None
-
 
 def _at(namespace: str, **params: str) -> dict[str, str]:
     """A request path's parameters: the namespace and whatever else the path names."""
@@ -249,11 +243,6 @@ def _at(namespace: str, **params: str) -> dict[str, str]:
 def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     present = (obj.get("metadata") or {}).get("labels") or {}
     return all(present.get(key) == value for key, value in labels.items())
-
-
-def refused_for_good(error: ApiException) -> bool:
-    """A 4xx other than a conflict or throttling: the same request will be refused again."""
-    return 400 <= (error.status or 0) < 500 and error.status not in (409, 429)
 
 
 def status_reason(error: ApiException) -> str | None:

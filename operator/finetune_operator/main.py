@@ -28,7 +28,6 @@ from prometheus_client import start_http_server
 from finetune_core.store import open_store
 from finetune_operator import handlers, polling
 from finetune_operator.controller import Controller
-from finetune_operator.event_posting import EventPoster
 from finetune_operator.kube import Kube, load_configuration
 from finetune_operator.leader import LeaderElector, LeaseApi, LeaseConfig, own_namespace
 from finetune_operator.metrics import OperatorMetrics
@@ -64,11 +63,15 @@ async def operate(
     """
     kube = Kube.connect(settings.api_timeout_seconds)
     store = open_store(settings.store, settings.s3_endpoint)
-    events = EventPoster(kube)
     controller = Controller(
-        settings, kube, store, metrics or OperatorMetrics(), events=events, slots=THREADS
+        settings,
+        kube,
+        store,
+        metrics or OperatorMetrics(),
+        post_event=handlers.post_event,
+        slots=THREADS,
     )
-    tournaments = TournamentController(kube, store, events=events)
+    tournaments = TournamentController(kube, store, post_event=handlers.post_event)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, controller, settings, tournaments)
     kopf_settings = kopf.OperatorSettings()
@@ -117,17 +120,12 @@ async def operate(
             ready_flag=ready,
         )
 
-    # Started before kopf: kopf takes the tasks started while it runs for its own, and waits
-    # for them when it stops. Once the Lease is lost, what was not posted yet is refused
-    # (the writes of a former leader are: finetune_operator.kube).
-    events.start()
     try:
         if not settings.leader_election:
             await run_kopf(stop_flag, ready_flag, liveness_endpoint)
         else:
             await _lead(settings, run_kopf, liveness_endpoint, stop_flag, ready_flag)
     finally:
-        await events.stop()
         kube.close()
 
 

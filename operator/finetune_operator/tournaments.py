@@ -36,7 +36,7 @@ from finetune_core.tournament_lifecycle import (
 )
 from finetune_core.tournament_promotion import promote_winner
 from finetune_operator.builders import LABEL_MANAGED_BY, MANAGED_BY
-from finetune_operator.event_posting import EventPoster
+from finetune_operator.controller import EventPoster
 from finetune_operator.kube import Kube
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,10 @@ def child_body(obj: Mapping[str, Any], plan: ChildPlan) -> dict[str, Any]:
 class TournamentController:
     """Reconciles FineTuneTournaments; one at a time per object."""
 
-    def __init__(self, kube: Kube, store: ArtifactStore, events: EventPoster):
+    def __init__(self, kube: Kube, store: ArtifactStore, post_event: EventPoster):
         self.kube = kube
         self.store = store
-        self.events = events
+        self.post_event = post_event
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -119,7 +119,7 @@ class TournamentController:
             await self.kube.patch_custom_status(TOURNAMENT_PLURAL, namespace, name, decision.status)
         for event in decision.events:
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
-            self.events.post(obj, event)
+            self.post_event(obj, event)
         return decision.requeue
 
     async def _observe(self, state: TournamentState) -> TournamentObservation:

@@ -12,7 +12,7 @@ subclass adds it, in the spirit of the real server:
   event); with a status subresource, /status changes only .status and the main endpoint
   never changes .status;
 - optionally (`faults`), a seeded share of the operator's requests answered with 500, 429,
-  409, a stall or a late answer, for the chaos suite;
+  409 or a stall, for the chaos suite;
 - lists honour labelSelector and carry the current resourceVersion; a watch takes its
   snapshot (or, with ?resourceVersion=, the events after it) and subscribes in one step,
   so nothing that happens meanwhile is lost;
@@ -78,17 +78,15 @@ def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
 # The operator's two clients (kopf's and the official one); the tests' own requests, which
 # play the Job controller and the users, are never faulted.
 OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
-FAULT_KINDS = ("500", "429", "409", "stall", "late")
+FAULT_KINDS = ("500", "429", "409", "stall")
 
 
 @attrs.define
 class Faults:
     """Answer a share of the operator's requests (seeded) as an overloaded or racing API
     server would: 500 InternalError, 429 TooManyRequests, 409 Conflict (only where a server
-    can answer it: a create, patch or delete), a stalled connection (the request waits
-    `stall_seconds` before it is served; a client that gives up first cancels it), or a late
-    answer (the request is served at once and answered `stall_seconds` later, so a client
-    that gave up may find it done)."""
+    can answer it: a create, patch or delete), or a stalled connection (the request waits
+    `stall_seconds` and is then served, so a client that gave up may find it done)."""
 
     rate: float
     seed: int
@@ -164,14 +162,9 @@ class ApiServer(kmock.KubernetesEmulator):
                     break
 
     async def _serve(self, request: rendering.Request) -> Any:
-        faults = self.faults
-        fault = faults.draw(request) if faults is not None else None
-        if faults is not None and fault == "stall":
-            await asyncio.sleep(faults.stall_seconds)
-        elif faults is not None and fault == "late":
-            answer = await self._answer(request)
-            await asyncio.sleep(faults.stall_seconds)
-            return answer
+        fault = self.faults.draw(request) if self.faults is not None else None
+        if fault == "stall":
+            await asyncio.sleep(self.faults.stall_seconds if self.faults else 0)
         elif fault == "500":
             raise kmock.KubernetesError(status=500, reason="InternalError", message="injected")
         elif fault == "429":
@@ -187,9 +180,6 @@ class ApiServer(kmock.KubernetesEmulator):
                 reason="Conflict",
                 message="Operation cannot be fulfilled: the object has been modified (injected)",
             )
-        return await self._answer(request)
-
-    async def _answer(self, request: rendering.Request) -> Any:
         if request.resource is not None and request.action in MUTATIONS:
             async with self._lock:
                 await self._mutate(request)

@@ -7,16 +7,12 @@ import kmock
 
 from finetune_operator.settings import OperatorSettings
 from tests.integration.operator.emulator import Faults
-from tests.integration.operator.harness import EVENTS, JOBS, Cluster
+from tests.integration.operator.harness import JOBS, Cluster
 from tests.support.manifests import small_job
 
 
 def job_posts(request: kmock.Request) -> bool:
     return request.method == "POST" and request.resource == JOBS
-
-
-def event_posts(request: kmock.Request) -> bool:
-    return request.method == "POST" and request.resource == EVENTS
 
 
 async def run_to_promoted(cluster: Cluster, name: str) -> None:
@@ -70,24 +66,3 @@ async def test_errors_on_every_kind_of_request_only_delay_the_run(
     await run_to_promoted(cluster, "unlucky")
     assert cluster.api.faults.total > 0
     assert created_jobs(cluster) == ["unlucky-g1-train", "unlucky-g1-bench"]
-
-
-async def test_an_event_post_answered_too_late_is_retried_without_posting_it_twice(
-    emulator_cluster: Cluster, settings: OperatorSettings
-) -> None:
-    """The API server creates the first Event at once but answers after the operator gave
-    up on the request, so the operator posts it again. The Event must exist once, not twice,
-    and the object's later Events must still follow it."""
-    cluster = emulator_cluster
-    cluster.settings = settings.model_copy(update={"api_timeout_seconds": 1.0})
-    await cluster.restart_operator()
-    faults = Faults(1.0, seed=0, kinds=("late",), only=event_posts, limit=1, stall_seconds=3)
-    cluster.api.faults = faults
-    await run_to_promoted(cluster, "late")
-    await cluster.wait_for(lambda: "Promoted" in cluster.event_reasons("late"), "Promoted Event")
-    assert faults.injected == {"late": 1}
-    posts = [request for request in cluster.api.served() if event_posts(request)]
-    reasons = cluster.event_reasons("late")
-    assert len(posts) > len(reasons)  # a post was tried again
-    assert sorted(reasons) == sorted(set(reasons))
-    assert {"RunStarted", "JobCreated", "TrainingStarted", "Promoted"} <= set(reasons)

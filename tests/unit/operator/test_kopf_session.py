@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import kopf
 
-from finetune_operator.handlers import SPARE_CONNECTIONS, kopf_session
+from finetune_operator.handlers import EVENT_CONNECTIONS, kopf_session
 
 
 async def test_kopf_gets_a_session_with_the_credentials_and_a_connection_limit() -> None:
@@ -14,6 +14,6 @@ async def test_kopf_gets_a_session_with_the_credentials_and_a_connection_limit()
         assert context.server == "https://127.0.0.1:6443"
         assert context.aiohttp_session.headers["Authorization"] == "Bearer t0k"
         assert context.aiohttp_session.connector is not None
-        assert context.aiohttp_session.connector.limit == 6 + SPARE_CONNECTIONS
+        assert context.aiohttp_session.connector.limit == 6 + EVENT_CONNECTIONS
     finally:
         await context.aiohttp_session.close()

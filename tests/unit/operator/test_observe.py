@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator.controller import api_message
-from finetune_operator.kube import refused_for_good
+from finetune_operator.controller import api_message, refused_for_good
 from finetune_operator.observe import run_state, stuck
 from finetune_operator.settings import OperatorSettings
 from tests.support.manifests import finetunejob
