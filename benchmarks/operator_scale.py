@@ -10,9 +10,11 @@ the real API server, moto's S3 server (in this process) beside the emulator.
 
 Printed: p50/p95/max from create to the training Job (as this script saw them and, against
 the real API server, as its audit log times them) and from the training Job's success to
-the benchmark Job; the operator's API writes per lifecycle (counted by the emulator, or from
-the API server's audit log), by kind; the operator's CPU seconds (per lifecycle, too) and
-RSS; the API server's own CPU seconds; then the operator's CPU with N settled objects over
+the benchmark Job; the CPU each process on these cores spent per FineTuneJob admitted, from
+the first create to the last training Job (the operator, the API server, its neighbours and
+this script); the operator's API writes per lifecycle (counted by the emulator, or from the
+API server's audit log), by kind; the operator's CPU seconds (per lifecycle, too) and RSS;
+the API server's own CPU seconds; then the operator's CPU with N settled objects over
 `--settled-seconds`.
 
     python benchmarks/operator_scale.py --count 100 [--server emulator|apiserver]
@@ -34,7 +36,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -73,6 +75,31 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (its reaped children not counted)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_by_process(pids: Mapping[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def admission_cost(
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+    admitted: int,
+    seconds: float,
+    cores: int,
+) -> str:
+    """What the burst of admissions (from the first create to the last training Job) cost
+    each process on the cores, in CPU milliseconds per FineTuneJob admitted, and how busy
+    they kept the cores together. A latency target needs this much CPU per admission, at
+    the rate the objects come in, from cores that every process here shares."""
+    spent = {name: after[name] - before[name] for name in before}
+    total = sum(spent.values())
+    each = ", ".join(f"{name} {1000 * cpu / admitted:.1f}" for name, cpu in spent.items())
+    return (
+        f"admission burst, {admitted} training Jobs in {seconds:.1f} s: CPU ms per FineTuneJob: "
+        f"{each}; together {1000 * total / admitted:.1f} ms, "
+        f"{100 * total / (seconds * cores):.0f} % of {cores} cores"
+    )
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -131,7 +158,8 @@ class Backend:
     """An API server for the benchmark: where it is, how to reach it, what it cost."""
 
     url: str
-    pids: dict[str, int]
+    pids: dict[str, int]  # the API server's own processes
+    neighbours: dict[str, int]  # the other processes beside it on these cores
     operator_kubeconfig: Path
     ssl: ssl.SSLContext | bool = False
 
@@ -166,6 +194,7 @@ class EmulatorBackend(Backend):
         assert self.process.stdout is not None
         self.url = (await self.process.stdout.readline()).decode().strip()
         self.pids = {"emulator": self.process.pid}
+        self.neighbours = {}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -220,6 +249,9 @@ class ApiServerBackend(Backend):
         self.url = self.plane.server
         state = json.loads((self.directory / "control-plane.json").read_text())
         self.pids = {k: v for k, v in state["pids"].items() if k in ("kube-apiserver", "etcd")}
+        self.neighbours = {
+            k: v for k, v in state["pids"].items() if k in ("minio", "kube-controller-manager")
+        }
         context = ssl.create_default_context(cafile=str(self.plane.pki / "ca.crt"))
         context.load_cert_chain(
             str(self.plane.pki / "admin.crt"), str(self.plane.pki / "admin.key")
@@ -361,9 +393,14 @@ class Timeline:
 
 
 async def play_jobs(
-    cluster: HttpCluster, timeline: Timeline, stage_seconds: float, tasks: set[asyncio.Task[None]]
+    cluster: HttpCluster,
+    timeline: Timeline,
+    stage_seconds: float,
+    tasks: set[asyncio.Task[None]],
+    on_training_job: Callable[[], None],
 ) -> None:
-    """Watch the operator's Jobs; each one runs, writes its stage's files and succeeds."""
+    """Watch the operator's Jobs; each one runs, writes its stage's files and succeeds.
+    `on_training_job` is called as each new training Job is seen."""
     seen: set[str] = set()
 
     async def run(name: str, owner: str, stage: str) -> None:
@@ -390,6 +427,8 @@ async def play_jobs(
         labels = job["metadata"].get("labels") or {}
         owner, stage = labels[LABEL_JOB], labels[LABEL_STAGE]
         (timeline.train_job if stage == "train" else timeline.bench_job)[owner] = time.monotonic()
+        if stage == "train":
+            on_training_job()
         task = asyncio.create_task(run(name, owner, stage))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -510,13 +549,37 @@ async def measure(
         if args.py_spy:
             await start_py_spy(args.py_spy, operator.pid, tasks)
         timeline = Timeline()
+        # Every process on these cores: what the burst of admissions cost each of them.
+        sharing = {
+            "operator": operator.pid,
+            **backend.pids,
+            **backend.neighbours,
+            "this script": os.getpid(),
+        }
+        burst_cpu0: dict[str, float] = {}
+        burst: list[str] = []
+
+        def on_training_job() -> None:
+            if len(timeline.train_job) == args.count and not burst:
+                burst.append(
+                    admission_cost(
+                        burst_cpu0,
+                        cpu_by_process(sharing),
+                        args.count,
+                        time.monotonic() - started,
+                        len(os.sched_getaffinity(0)),
+                    )
+                )
+
         connector = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(connector=connector) as session:
             cluster = HttpCluster(api=None, store=store, dataset=store.uri("datasets/chat.jsonl"))  # type: ignore[arg-type]
             cluster.session, cluster.base, cluster.context = session, backend.url, backend.ssl
             done = asyncio.Event()
             background += [
-                asyncio.create_task(play_jobs(cluster, timeline, args.stage_seconds, tasks)),
+                asyncio.create_task(
+                    play_jobs(cluster, timeline, args.stage_seconds, tasks, on_training_job)
+                ),
                 asyncio.create_task(follow_phases(cluster, timeline, done)),
             ]
             await asyncio.sleep(0.5)  # the watches are open
@@ -524,6 +587,7 @@ async def measure(
             api_cpu0 = {k: cpu_seconds(p) for k, p in backend.pids.items()}
             writes0 = await backend.writes()
             rss0, _ = memory_mb(operator.pid)
+            burst_cpu0.update(cpu_by_process(sharing))
             started = time.monotonic()
             names = [f"scale-{i:04d}" for i in range(args.count)]
             limit = asyncio.Semaphore(32)
@@ -563,6 +627,7 @@ async def measure(
             api_cpu={k: api_cpu1[k] - api_cpu0[k] for k in api_cpu0},
             writes=writes1 - writes0,
             admitted=admitted,
+            burst=burst[0] if burst else None,
             settled_writes=writes2 - writes1,
             rss=(rss0, rss1, rss2, max(peak1, peak2)),
             settled_cpu=cpu2 - settled_cpu0,
@@ -654,6 +719,7 @@ def report(
     api_cpu: dict[str, float],
     writes: Counter[str],
     admitted: list[float],
+    burst: str | None,
     settled_writes: Counter[str],
     rss: tuple[float, float, float, float],
     settled_cpu: float,
@@ -676,6 +742,8 @@ def report(
     if admitted:
         print(f"create -> training Job, at the API server (audit log): {percentiles(admitted)}")
     print(f"training done -> benchmark Job: {percentiles(to_bench)}")
+    if burst:
+        print(burst)
     total = sum(per_job.values())
     detail = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(per_job.items()))
     print(f"API writes per lifecycle: {total / n:.2f} ({detail}); Lease writes {lease} in all")

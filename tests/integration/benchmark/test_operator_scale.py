@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from benchmarks.operator_scale import admission_seconds
+from benchmarks.operator_scale import admission_cost, admission_seconds
 from finetune_operator.builders import LABEL_JOB, LABEL_STAGE
 from tests.integration.benchmark.test_trainer_benchmarks import run_script
 
@@ -29,6 +29,15 @@ def test_operator_scale_runs_three_lifecycles_and_counts_their_writes() -> None:
     assert "all Promoted after" in printed
     assert re.search(r"create -> training Job: p50 [\d.]+ s, .*\(n=3\)", printed), printed
     assert re.search(r"training done -> benchmark Job: p50 [\d.]+ s, .*\(n=3\)", printed)
+    burst = re.search(
+        r"admission burst, 3 training Jobs in [\d.]+ s: CPU ms .*: (.*); together", printed
+    )
+    assert burst is not None, printed
+    assert {part.rsplit(" ", 1)[0] for part in burst.group(1).split(", ")} == {
+        "operator",
+        "emulator",
+        "this script",
+    }, printed
     writes = re.search(r"API writes per lifecycle: ([\d.]+) \((.*)\)", printed)
     assert writes is not None, printed
     assert float(writes.group(1)) <= 12, printed
@@ -63,3 +72,12 @@ def test_admission_latency_is_read_from_the_api_servers_own_times() -> None:
         audited("patch", "jobs", "2026-11-27T06:00:02Z", labels=train),
     ]
     assert admission_seconds(audit) == [1.5]
+
+
+def test_admission_cost_is_per_object_admitted_and_a_share_of_every_core() -> None:
+    before = {"operator": 10.0, "kube-apiserver": 20.0}
+    after = {"operator": 11.2, "kube-apiserver": 21.8}
+    line = admission_cost(before, after, admitted=100, seconds=2.0, cores=2)
+    assert "100 training Jobs in 2.0 s" in line
+    assert "operator 12.0, kube-apiserver 18.0; together 30.0 ms" in line
+    assert line.endswith("75 % of 2 cores")
