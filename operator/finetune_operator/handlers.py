@@ -18,6 +18,7 @@ needs none of it: it is level-based, reads what it needs and records it in the s
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -242,6 +243,17 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
     # Only the Events we post ourselves (kopf's log lines stay logs): an Event per handler
     # run would be a write per watch event.
     kopf_settings.posting.loggers = False
+    # Events say which component and pod posted them (kubectl describe's "From").
+    kopf_settings.posting.reporting_component = REPORTING_COMPONENT
+    kopf_settings.posting.reporting_instance = socket.gethostname()
+    # No more posting workers than connections for them. kopf's request timeout counts
+    # the wait for a connection: with a worker per object in a burst of 1,000, hundreds of
+    # posts used up their 30 s in that wait and were sent again, while the first send had
+    # been answered; each post gets a generated name, so the Event was there twice. A
+    # worker now waits for its slot without a clock, and leaves as soon as its object's
+    # queue is empty, so the slots go round.
+    kopf_settings.posting.worker_limit = EVENT_POSTERS
+    kopf_settings.posting.idle_timeout = POSTER_IDLE_SECONDS
     # kopf's worker limit stays unset (one worker per object with events queued): a worker
     # holds its slot for queueing.idle_timeout after its last event, so a limit of N caps
     # the burst of a thousand creations at N objects per idle timeout. Concurrency is
@@ -262,7 +274,12 @@ def configure(kopf_settings: kopf.OperatorSettings) -> None:
 # FineTuneJobs, their Jobs and FineTuneTournaments.
 WATCHED_KINDS = 3
 # kopf's connections beyond its watch streams: Event posts and the initial listings.
-EVENT_CONNECTIONS = 16
+EVENT_CONNECTIONS = 20
+# Event posts at once: most of those connections, the rest left for kopf's own requests.
+EVENT_POSTERS = 16
+# How long an Event poster with nothing left to post keeps its slot (kopf's default: 1 s).
+POSTER_IDLE_SECONDS = 0.05
+REPORTING_COMPONENT = "finetune-operator"
 
 # Objects per page of kopf's initial listings.
 LIST_PAGE = 500

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import kopf
 
-from finetune_operator.handlers import EVENT_CONNECTIONS, kopf_session
+from finetune_operator.handlers import EVENT_CONNECTIONS, configure, kopf_session
 
 
 async def test_kopf_gets_a_session_with_the_credentials_and_a_connection_limit() -> None:
@@ -17,3 +17,14 @@ async def test_kopf_gets_a_session_with_the_credentials_and_a_connection_limit()
         assert context.aiohttp_session.connector.limit == 6 + EVENT_CONNECTIONS
     finally:
         await context.aiohttp_session.close()
+
+
+def test_event_posts_never_wait_for_a_connection_inside_their_timeout() -> None:
+    """kopf times a post from before it has a connection: more posting workers than
+    connections would let the wait use up the timeout, and the retry duplicate the Event."""
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    assert settings.posting.worker_limit is not None
+    assert 0 < settings.posting.worker_limit < EVENT_CONNECTIONS
+    assert 0 < settings.posting.idle_timeout < 1
+    assert settings.posting.reporting_component == "finetune-operator"
