@@ -584,7 +584,7 @@ async def measure(
             ]
             await asyncio.sleep(0.5)  # the watches are open
             cpu0 = cpu_seconds(operator.pid)
-            api_cpu0 = {k: cpu_seconds(p) for k, p in backend.pids.items()}
+            api_cpu0 = cpu_by_process(backend.pids)
             writes0 = await backend.writes()
             rss0, _ = memory_mb(operator.pid)
             burst_cpu0.update(cpu_by_process(sharing))
@@ -606,7 +606,7 @@ async def measure(
             elapsed = time.monotonic() - started
             writes1 = await trailing_writes(backend)
             cpu1 = cpu_seconds(operator.pid)
-            api_cpu1 = {k: cpu_seconds(p) for k, p in backend.pids.items()}
+            api_cpu1 = cpu_by_process(backend.pids)
             rss1, peak1 = memory_mb(operator.pid)
             # After the CPU readings: reading the audit log again takes seconds at 1,000.
             admitted = await backend.admissions()
